@@ -1,0 +1,157 @@
+"""Scenario -> Simulation: the one place that wires data, model, network and protocol together.
+
+Components never import each other sideways; this module picks them from
+their registries and hands each its own seed, split from the scenario's root
+seed so that adding a component never shifts another's random stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import simpy
+import torch
+
+from netfl.data.datasets import Dataset, load_dataset
+from netfl.data.partition import partition
+from netfl.data.sources import DatasetSource
+from netfl.data.streams import SampleStream
+from netfl.learning.bank import LearnerBank
+from netfl.learning.models import build_model
+from netfl.protocols import PROTOCOLS
+from netfl.protocols.dynamic import Dynamic
+from netfl.protocols.fedavg import FedAvg
+from netfl.scenario import ComputeTime, Scenario, ScenarioError, TopologyFile
+from netfl.sim import topology
+from netfl.sim.engine import COORDINATOR, Simulation
+from netfl.sim.network import Network
+
+SEED_STREAMS = ("data", "init", "stream", "network", "protocol", "compute")
+
+
+def seeds(root: int) -> dict[str, int]:
+    """Independent per-component seeds from the scenario's root seed."""
+    children = np.random.SeedSequence(root).spawn(len(SEED_STREAMS))
+    return {name: int(c.generate_state(1)[0]) for name, c in zip(SEED_STREAMS, children)}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ScenarioError("device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def step_times(config: ComputeTime, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Seconds per step for each learner; a distribution draws persistent stragglers."""
+    if config.dist == "constant":
+        return np.full(m, config.mean)
+    if config.dist == "uniform":
+        return rng.uniform(config.low, config.high, m)
+    if config.dist == "lognormal":
+        return config.mean * rng.lognormal(-config.sigma**2 / 2, config.sigma, m)
+    return rng.exponential(config.mean, m)
+
+
+def to_ticks(times: np.ndarray, tick: float) -> np.ndarray:
+    return np.maximum(1, np.rint(times / tick)).astype(np.int64)
+
+
+def build_graph(scenario: Scenario, m: int, seed: int) -> tuple[nx.Graph, Any, list[Any]]:
+    net = scenario.network
+    if isinstance(net.topology, TopologyFile):
+        graph = topology.load_graph(net.topology.file)
+    else:
+        n = net.topology.n or m + 1
+        graph = topology.generate(net.topology.generator, n, seed=seed, **net.topology.params)
+    overrides = [o.model_dump(exclude_none=True) for o in net.links]
+    graph = topology.configure_links(
+        graph, bandwidth=net.bandwidth, latency=net.latency, loss=net.loss, overrides=overrides
+    )
+    coordinator, nodes = topology.place(
+        graph, m, coordinator=net.coordinator, learners=net.placement
+    )
+    return graph, coordinator, nodes
+
+
+@dataclass
+class Built:
+    simulation: Simulation
+    dataset: Dataset
+    graph: nx.Graph
+    device: torch.device
+
+
+def build(
+    scenario: Scenario,
+    *,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+) -> Built:
+    seed = seeds(scenario.seed)
+    device = resolve_device(scenario.device)
+    m = scenario.learners.count
+    serial = scenario.protocol.name == "serial"
+
+    data = scenario.data
+    dataset = load_dataset(
+        data.dataset, seed=seed["data"], test_fraction=data.test_fraction, root=data.root,
+        **data.params,
+    ).to(device)
+    parts = partition(
+        dataset.y_train.cpu().numpy(), m, data.partition, seed=seed["data"], alpha=data.alpha,
+        groups=data.groups,
+    )
+    stream = SampleStream(parts, data.batch_size, seed=seed["stream"], device=device)
+
+    spec = scenario.model
+    model = build_model(
+        spec.kind, dataset.input_shape, dataset.num_classes, hidden=spec.hidden,
+        activation=spec.activation,
+    )
+    opt = scenario.optimizer
+    bank = LearnerBank(
+        model, 1 if serial else m, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
+        weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps, reduction=opt.reduction,
+        device=device, seed=seed["init"], init_noise=scenario.learners.init_noise,
+    )
+
+    times = step_times(scenario.learners.compute_time, m, np.random.default_rng(seed["compute"]))
+    tick = scenario.learners.tick or float(times.min())
+    durations = to_ticks(times, tick)
+    if serial:  # one machine does every learner's step in turn
+        durations = np.array([int(durations.sum())])
+
+    graph, coordinator, nodes = build_graph(scenario, m, seed["network"])
+    env = simpy.Environment()
+    placement: dict[Any, Any] = {COORDINATOR: coordinator, **dict(enumerate(nodes))}
+    network = Network(
+        env, graph, placement, rng=np.random.default_rng(seed["network"]),
+        retransmit_timeout=scenario.network.retransmit_timeout,
+    )
+
+    protocol_cls = PROTOCOLS[scenario.protocol.name]
+
+    def make_protocol(sim: Simulation):
+        if protocol_cls in (FedAvg, Dynamic):
+            return protocol_cls(sim, scenario.protocol, seed=seed["protocol"])
+        return protocol_cls(sim, scenario.protocol)
+
+    evaluation = scenario.eval
+    source = DatasetSource(dataset, stream, eval_on=evaluation.on,
+                           max_eval=evaluation.max_samples)
+
+    simulation = Simulation(
+        env=env, network=network, bank=bank, source=source,
+        protocol_factory=make_protocol, tick=tick, durations=durations,
+        horizon_rounds=scenario.horizon.rounds, horizon_time=scenario.horizon.sim_time,
+        eval_every=evaluation.every,
+        eval_local=evaluation.local and not serial, on_round=on_round, on_learners=on_learners,
+        batches_per_step=m if serial else 1,
+    )
+    return Built(simulation, dataset, graph, device)

@@ -1,0 +1,83 @@
+"""Command line: `netfl run`, `netfl validate`.
+
+Errors a user can cause print one line naming the key or file and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import yaml
+
+from netfl import scenario as scenario_mod
+
+EXIT_USER_ERROR = 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exception types that mean 'fix your input', gathered lazily to keep start-up light."""
+    from netfl.data.datasets import DataError
+    from netfl.learning.models import ModelError
+    from netfl.results import OutputError
+    from netfl.sim.topology import TopologyError
+
+    return (scenario_mod.ScenarioError, DataError, ModelError, OutputError, TopologyError)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    scenario = scenario_mod.load(args.file, args.set)
+    print(yaml.safe_dump(scenario.resolved(), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from netfl.run import run
+
+    scenario = scenario_mod.load(args.file, args.set)
+    summary = run(scenario, args.out, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["status"] == "completed" else 130
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="netfl", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def scenario_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", help="scenario YAML file")
+        p.add_argument(
+            "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+            help="override a scenario key, e.g. --set protocol.b=4 (repeatable)",
+        )
+
+    p_run = sub.add_parser("run", help="run a scenario and write a run directory")
+    scenario_args(p_run)
+    p_run.add_argument("--out", help="run directory (must not exist or be empty)")
+    p_run.add_argument("--quiet", action="store_true", help="no progress bar")
+    p_run.set_defaults(func=_cmd_run)
+
+    p_val = sub.add_parser("validate", help="print the resolved scenario or its errors")
+    scenario_args(p_val)
+    p_val.set_defaults(func=_cmd_validate)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except scenario_mod.ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Per-learner sample streams: in round t learner i observes B fresh samples E_t^i (the
+streaming setting of Kamp et al. 2018, section 2), drawn from its own partition.
+
+A learner's stream is its partition reshuffled epoch after epoch and read B at a time, so
+within an epoch no sample repeats and small partitions simply cycle. The stream of learner i
+is a function of ``(seed, i, parts[i])`` alone: it comes from the child generator
+``SeedSequence(seed).spawn(m)[i]`` (which does not depend on m either), and epoch ``e`` is
+the argsort of the e-th block of ``len(parts[i])`` uniforms of that generator, so drawing
+epochs in chunks of any size yields the same sequence. Hence a (learner, round) maps to the
+same samples whatever the order, grouping or device of the calls.
+
+The hot path is one gather from a schedule tensor ``[R, m, B]`` kept on the device and
+extended (rarely, by doubling) when a later round is asked for.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import numpy as np
+import torch
+
+from netfl.data.datasets import DataError
+
+_TARGET_INITIAL_ENTRIES = 1 << 20  # first schedule chunk: ~4 MiB of int32
+_MIN_INITIAL_ROUNDS = 16
+_MAX_INITIAL_ROUNDS = 1024
+
+
+class SampleStream:
+    """Each learner draws B fresh samples per round from its own partition, cycling through
+    reshuffled epochs.
+
+    ``parts[i]`` holds learner i's global training-set indices (as from ``partition``);
+    ``batch_size`` is B. The schedule holds ``m * B`` indices (int32 where they fit) per
+    round up to the furthest round asked, at most doubled by the growth policy.
+    """
+
+    def __init__(
+        self,
+        parts: list[np.ndarray],
+        batch_size: int,
+        *,
+        seed: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise DataError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+        if batch_size < 1:
+            raise DataError(f"batch_size: must be an integer >= 1, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise DataError(f"seed: must be a non-negative integer, got {seed!r}")
+        self._parts: list[np.ndarray] = _index_arrays(parts)
+        self._np_dtype = self._parts[0].dtype
+        self._dtype = torch.int32 if self._np_dtype == np.int32 else torch.int64
+        self.m: int = len(self._parts)
+        self.batch_size: int = int(batch_size)
+        self.device = torch.device(device)
+        children = np.random.SeedSequence(int(seed)).spawn(self.m)
+        self._rngs = [np.random.default_rng(child) for child in children]
+        # Drawn but not yet scheduled stream entries of each learner (a partial epoch).
+        self._tails: list[np.ndarray] = [np.empty(0, dtype=self._np_dtype)] * self.m
+        # schedule[t, i] = the B indices learner i observes in round t; round-major so that
+        # the lockstep path reads one contiguous block.
+        self._schedule = torch.empty(
+            (0, self.m, self.batch_size), dtype=self._dtype, device=self.device
+        )
+        self._initial_rounds = int(np.clip(
+            _TARGET_INITIAL_ENTRIES // (self.m * self.batch_size),
+            _MIN_INITIAL_ROUNDS, _MAX_INITIAL_ROUNDS,
+        ))
+
+    @property
+    def sizes(self) -> list[int]:
+        """Partition size of each learner (samples per epoch)."""
+        return [len(p) for p in self._parts]
+
+    @property
+    def rounds_cached(self) -> int:
+        """Rounds currently held in the schedule (grows on demand)."""
+        return int(self._schedule.shape[0])
+
+    def indices(self, learners: torch.Tensor | Any, rounds: torch.Tensor | Any) -> torch.Tensor:
+        """int64 ``[k, B]``: row j holds the global training-set indices that learner
+        ``learners[j]`` observes in its round ``rounds[j]`` (0-based). ``rounds`` may also be
+        a scalar shared by all learners.
+        """
+        learners = torch.as_tensor(learners, device=self.device)
+        rounds = torch.as_tensor(rounds, device=self.device)
+        if learners.is_floating_point() or rounds.is_floating_point():
+            raise DataError("learners and rounds must be integer tensors")
+        learners, rounds = learners.to(torch.int64), rounds.to(torch.int64)
+        if rounds.dim() == 0:
+            rounds = rounds.expand(learners.shape)
+        if learners.dim() != 1 or rounds.shape != learners.shape:
+            raise DataError(
+                f"learners and rounds must be 1-D of equal length, got "
+                f"{list(learners.shape)} and {list(rounds.shape)}"
+            )
+        if learners.numel() == 0:
+            return torch.empty((0, self.batch_size), dtype=torch.int64, device=self.device)
+        lo_l, hi_l, lo_r, hi_r = torch.stack(
+            [learners.min(), learners.max(), rounds.min(), rounds.max()]
+        ).tolist()
+        if lo_l < 0 or hi_l >= self.m:
+            raise DataError(f"learners: ids must lie in [0, {self.m}), got {lo_l}..{hi_l}")
+        if lo_r < 0:
+            raise DataError(f"rounds: must be >= 0, got {lo_r}")
+        self._ensure(hi_r + 1)
+        rows = self._schedule.view(-1, self.batch_size)
+        return rows.index_select(0, rounds * self.m + learners).to(torch.int64)
+
+    def indices_all(self, round: int) -> torch.Tensor:
+        """int64 ``[m, B]``: what every learner observes in ``round``; the lockstep fast path."""
+        round = operator.index(round)
+        if round < 0:
+            raise DataError(f"round: must be >= 0, got {round}")
+        if round >= self._schedule.shape[0]:
+            self._ensure(round + 1)
+        return self._schedule[round].to(torch.int64, copy=True)
+
+    def _ensure(self, rounds: int) -> None:
+        """Grow the schedule to hold at least ``rounds`` rounds (doubling, so growth is rare)."""
+        have = int(self._schedule.shape[0])
+        if rounds <= have:
+            return
+        target = max(rounds, 2 * have, self._initial_rounds)
+        b = self.batch_size
+        fresh = np.empty((self.m, (target - have) * b), dtype=self._np_dtype)
+        self._fill(fresh)
+        fresh_t = torch.from_numpy(fresh).to(self.device).view(self.m, target - have, b)
+        grown = torch.empty((target, self.m, b), dtype=self._dtype, device=self.device)
+        grown[:have] = self._schedule
+        grown[have:] = fresh_t.permute(1, 0, 2)
+        self._schedule = grown
+
+    def _fill(self, out: np.ndarray) -> None:
+        """Write the next ``out.shape[1]`` stream entries of every learner into ``out``."""
+        for i in range(self.m):  # rare: the only loop over learners
+            self._draw(i, out[i])
+
+    def _draw(self, i: int, out: np.ndarray) -> None:
+        """Write the next ``len(out)`` entries of learner i's stream into ``out``."""
+        part, tail = self._parts[i], self._tails[i]
+        count, n, have = len(out), len(part), len(self._tails[i])
+        if count <= have:
+            out[:] = tail[:count]
+            self._tails[i] = tail[count:]
+            return
+        out[:have] = tail
+        if n == 1:  # a single sample has one ordering; no draws needed
+            out[have:] = part[0]
+            self._tails[i] = tail[:0]
+            return
+        missing = count - have
+        keys = self._rngs[i].random((-(-missing // n), n))
+        # The sort kind depends on n only, so the order is reproducible; stable is faster for
+        # tiny rows, quicksort for longer ones.
+        fresh = part[keys.argsort(axis=1, kind="stable" if n <= 16 else "quicksort")].ravel()
+        out[have:] = fresh[:missing]
+        self._tails[i] = fresh[missing:].copy()
+
+
+def _index_arrays(parts: list[Any]) -> list[np.ndarray]:
+    """Validated copies of the partitions, int32 where every index fits (halves the schedule)."""
+    if len(parts) == 0:
+        raise DataError("parts: no learners")
+    arrays = []
+    for i, part in enumerate(parts):
+        if hasattr(part, "detach"):  # a torch tensor
+            part = part.detach().cpu().numpy()
+        arr = np.asarray(part)
+        if arr.ndim != 1 or arr.size == 0:
+            raise DataError(f"parts[{i}]: learner {i} has an empty or non-1-D partition")
+        arrays.append(arr)
+    flat = np.concatenate(arrays)
+    if not np.issubdtype(flat.dtype, np.integer) or flat.min() < 0:
+        raise DataError("parts: indices must be non-negative integers")
+    dtype = np.int32 if flat.max() < 2**31 else np.int64
+    return np.split(flat.astype(dtype), np.cumsum([len(a) for a in arrays])[:-1])

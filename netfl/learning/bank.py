@@ -1,0 +1,370 @@
+"""LearnerBank: the parameters of m learners stacked on one device, trained in one batch.
+
+Every parameter tensor is stored as ``[m, ...]`` (row i is learner i). A step of any
+subset of learners is one call of ``vmap(grad(loss))`` over ``torch.func.functional_call``
+of a single template module, followed by one stacked optimizer update (``optim.py``).
+There is no Python loop over learners anywhere: averaging, assignment, distances and
+divergence are tensor operations over the stacked rows.
+
+Conventions (seed 004, Kamp et al. 2018):
+* ``step`` reports the loss suffered *before* the update, summed over the mini-batch
+  (the per-round term of the cumulative loss, eq. 1), plus the number of correct
+  predictions, both per learner.
+* ``divergence`` is eq. 2, ``1/k sum_i ||f_i - mean||^2`` over all parameters.
+* All learners start from one random model (homogeneous init); ``init_noise > 0`` adds
+  independent Gaussian noise per learner (heterogeneous init, seed 004 Fig. 8).
+
+Limits: only parameters are per learner. Buffers (running statistics) stay those of
+the template and are never updated, so models must be stateless (no batch norm, no
+dropout); the models of ``models.py`` are. Indices passed in ``idx`` must be unique.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from netfl.learning.models import init_parameters
+from netfl.learning.optim import Adam, Optimizer, make_optimizer
+
+__all__ = ["LearnerBank", "StepResult", "resolve_device"]
+
+IndexLike = Tensor | int | Sequence[int] | None
+
+
+@dataclass
+class StepResult:
+    """Per-learner outcome of one step, measured on the batch before the update."""
+
+    loss_sum: Tensor  # [k] float: sum over the batch of per-sample cross-entropy (eq. 1)
+    correct: Tensor  # [k] int64: correct predictions in the batch
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``'auto'`` is CUDA when present, else CPU; anything else as ``torch.device``."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class LearnerBank:
+    """m learners of one architecture, stacked ``[m, ...]`` per parameter tensor.
+
+    ``model`` is used as a stateless template (a private copy is kept; the caller's
+    module is not modified). ``reduction`` picks the training objective: 'mean' takes
+    the gradient of the batch mean (common practice), 'sum' that of the batch sum
+    (seed 004's mini-batch SGD). The optimizer ('sgd' or 'adam') keeps per-learner
+    state that survives ``assign``: replacing a model does not reset its momentum or
+    Adam moments (call ``reset_optimizer`` for that). ``seed`` drives a local
+    generator for the init and ``init_noise``; the global RNG is never used.
+    ``input_shape`` (one sample's shape) defaults to ``model.input_shape``; it tells
+    shared from per-learner inputs in ``features``/``evaluate``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        m: int,
+        *,
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        reduction: str = "mean",
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        init_noise: float = 0.0,
+        input_shape: tuple[int, ...] | None = None,
+    ) -> None:
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"m: must be a positive integer, got {m!r}")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction: must be 'mean' or 'sum', got {reduction!r}")
+        if init_noise < 0:
+            raise ValueError(f"init_noise: must be >= 0, got {init_noise}")
+        self.m = m
+        self.device = resolve_device(device)
+        self.reduction = reduction
+        shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
+        self.input_shape: tuple[int, ...] | None = None if shape is None else tuple(shape)
+
+        # Private template on CPU: seeded init there, so results do not depend on device.
+        template = copy.deepcopy(model).to("cpu")
+        gen = torch.Generator().manual_seed(seed)
+        init_parameters(template, gen)
+        named = [(n, p.detach()) for n, p in template.named_parameters()]
+        if not named:
+            raise ValueError("model: has no parameters to train")
+        self.names: list[str] = [n for n, _ in named]
+        self.shapes: dict[str, torch.Size] = {n: p.shape for n, p in named}
+        self.numels: list[int] = [p.numel() for _, p in named]
+        self.num_params: int = sum(self.numels)
+        self.params: dict[str, Tensor] = {}
+        for n, p in named:
+            stacked = p.unsqueeze(0).repeat(m, *([1] * p.dim()))
+            if init_noise > 0:
+                stacked.add_(
+                    torch.randn(stacked.shape, generator=gen, dtype=p.dtype), alpha=init_noise
+                )
+            self.params[n] = stacked.to(self.device).contiguous()
+        self.model = template.to(self.device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.all_idx = torch.arange(m, device=self.device)
+        self._all_cpu = torch.arange(m)
+
+        opts: dict[str, object] = {"lr": lr, "weight_decay": weight_decay}
+        if optimizer == "sgd":
+            opts["momentum"] = momentum
+        elif optimizer == "adam":
+            opts.update(betas=betas, eps=eps)
+        self.optimizer: Optimizer = make_optimizer(optimizer, self._plist(), **opts)
+
+        self._train = vmap(grad(self._objective, has_aux=True))
+        self._forward_shared = vmap(self._forward, in_dims=(0, None, None))
+        self._forward_each = vmap(self._forward, in_dims=(0, 0, None))
+
+    # ------------------------------------------------------------------ internals
+    def _plist(self) -> list[Tensor]:
+        return [self.params[n] for n in self.names]
+
+    def _forward(self, params: dict[str, Tensor], x: Tensor, features: bool) -> Tensor:
+        return functional_call(self.model, params, (x,), {"features": features})
+
+    def _objective(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        logits = functional_call(self.model, params, (x,))
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        obj = loss_sum if self.reduction == "sum" else loss_sum / y.shape[0]
+        return obj, (loss_sum, logits)
+
+    def _index(self, idx: IndexLike) -> tuple[Tensor | None, int]:
+        """(device index tensor or None for 'all learners in order', k)."""
+        if idx is None or idx is self.all_idx:
+            return None, self.m
+        if isinstance(idx, Tensor):
+            if idx.dim() == 0:
+                idx = idx.reshape(1)
+            if idx.dtype != torch.int64:
+                idx = idx.long()
+        elif isinstance(idx, int):
+            idx = torch.tensor([idx], dtype=torch.int64)
+        else:
+            idx = torch.as_tensor(list(idx), dtype=torch.int64)
+        k = idx.numel()
+        if k == self.m:
+            ref = self._all_cpu if idx.device.type == "cpu" else self.all_idx
+            if idx.device == ref.device and torch.equal(idx, ref):
+                return None, k
+        return idx.to(self.device), k
+
+    def _select(self, idx: Tensor | None) -> dict[str, Tensor]:
+        if idx is None:
+            return self.params
+        return {n: p.index_select(0, idx) for n, p in self.params.items()}
+
+    def _is_stacked(self, params: dict[str, Tensor]) -> bool:
+        n = self.names[0]
+        dim, ref = params[n].dim(), len(self.shapes[n])
+        if dim not in (ref, ref + 1):
+            raise ValueError(f"params[{n!r}]: expected {ref} or {ref + 1} dims, got {dim}")
+        return dim == ref + 1
+
+    def _per_learner_input(self, x: Tensor, k: int) -> bool:
+        """Whether stacked-model input ``x`` is ``[k, N, *in]`` rather than shared ``[N, *in]``."""
+        if self.input_shape is not None:
+            return x.dim() == len(self.input_shape) + 2
+        raise ValueError("input_shape: unknown; pass it to LearnerBank to use features/evaluate")
+
+    # ------------------------------------------------------------------ training
+    def step(self, idx: IndexLike, x: Tensor, y: Tensor) -> StepResult:
+        """One batched optimizer step for learners ``idx`` on their own batches.
+
+        ``x [k, B, *in]``, ``y [k, B]`` (row j belongs to learner ``idx[j]``). Returns the
+        batch-summed loss and correct count of each learner *before* the update.
+        """
+        index, k = self._index(idx)
+        if x.shape[0] != k or y.shape[0] != k:
+            raise ValueError(f"x, y: leading size must be k={k}, got {x.shape[0]}, {y.shape[0]}")
+        x = x.to(self.device)
+        y = y.to(self.device)
+        current = self._select(index)
+        grads, (loss_sum, logits) = self._train(current, x, y)
+        self.optimizer.update(self._plist(), [grads[n] for n in self.names], index)
+        correct = (logits.argmax(-1) == y).sum(-1)
+        return StepResult(loss_sum=loss_sum, correct=correct)
+
+    def reset_optimizer(self, idx: IndexLike = None) -> None:
+        """Reset the optimizer state (momentum, Adam moments and step counts) of ``idx``."""
+        index, _ = self._index(idx)
+        self.optimizer.reset(index)
+
+    @property
+    def steps(self) -> Tensor | None:
+        """Per-learner Adam step counts ``[m]`` (None for SGD, which needs none)."""
+        return self.optimizer.steps if isinstance(self.optimizer, Adam) else None
+
+    # ------------------------------------------------------------------ parameters
+    @torch.no_grad()
+    def mean(self, idx: IndexLike = None) -> dict[str, Tensor]:
+        """Average model of learners ``idx`` (all by default), unstacked."""
+        index, _ = self._index(idx)
+        if index is None:
+            return {n: p.mean(0) for n, p in self.params.items()}
+        return {n: p.index_select(0, index).mean(0) for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def assign(self, idx: IndexLike, params: dict[str, Tensor]) -> None:
+        """Replace the models of ``idx`` by ``params``: one unstacked model (broadcast to
+        all of ``idx``) or stacked ``[k, ...]``. Optimizer state is kept."""
+        index, k = self._index(idx)
+        missing = set(self.names) - set(params)
+        if missing:
+            raise KeyError(f"params: missing {sorted(missing)}")
+        for n, p in self.params.items():
+            v = params[n].to(device=self.device, dtype=p.dtype)
+            if v.dim() == p.dim() - 1:
+                v = v.unsqueeze(0).expand(k, *v.shape)
+            elif v.dim() != p.dim() or v.shape[0] != k:
+                raise ValueError(
+                    f"params[{n!r}]: expected {tuple(self.shapes[n])} or "
+                    f"{(k, *self.shapes[n])}, got {tuple(v.shape)}"
+                )
+            if index is None:
+                p.copy_(v)
+            else:
+                p.index_copy_(0, index, v.contiguous())
+
+    @torch.no_grad()
+    def get(self, idx: IndexLike = None) -> dict[str, Tensor]:
+        """Stacked copies ``[k, ...]`` of the models of ``idx`` (an int gives k = 1)."""
+        index, _ = self._index(idx)
+        if index is None:
+            return {n: p.clone() for n, p in self.params.items()}
+        return self._select(index)
+
+    @torch.no_grad()
+    def flat(self, idx: IndexLike = None) -> Tensor:
+        """Parameter vectors ``[k, P]`` (row j: learner ``idx[j]``), in ``names`` order."""
+        index, k = self._index(idx)
+        rows = self._select(index)
+        return torch.cat([rows[n].reshape(k, -1) for n in self.names], dim=1)
+
+    def unflatten(self, vec: Tensor) -> dict[str, Tensor]:
+        """Inverse of ``flat``: ``[P]`` gives an unstacked model, ``[k, P]`` a stacked one
+        (views of ``vec``)."""
+        if vec.shape[-1] != self.num_params or vec.dim() not in (1, 2):
+            raise ValueError(
+                f"vec: expected [P] or [k, P] with P={self.num_params}, got {tuple(vec.shape)}"
+            )
+        lead = tuple(vec.shape[:-1])
+        parts = torch.split(vec, self.numels, dim=-1)
+        return {
+            n: t.reshape(*lead, *self.shapes[n]) for n, t in zip(self.names, parts, strict=True)
+        }
+
+    @torch.no_grad()
+    def sq_dist(self, ref: dict[str, Tensor], idx: IndexLike = None) -> Tensor:
+        """``||f_i - ref||^2`` over all parameters for each learner of ``idx``: ``[k]``.
+
+        ``ref`` is one unstacked model (e.g. the reference vector of dynamic averaging)
+        or stacked ``[k, ...]`` (one reference per learner)."""
+        index, k = self._index(idx)
+        rows = self._select(index)
+        total = torch.zeros(k, device=self.device, dtype=torch.float32)
+        for n in self.names:
+            d = (rows[n] - ref[n].to(self.device)).reshape(k, -1)
+            total += torch.linalg.vecdot(d, d)
+        return total
+
+    def divergence(self, idx: IndexLike = None) -> float:
+        """Model divergence (seed 004 eq. 2): ``1/k sum_i ||f_i - mean||^2`` over ``idx``."""
+        return float(self.sq_dist(self.mean(idx), idx).mean())
+
+    # ------------------------------------------------------------------ inference
+    @staticmethod
+    def _chunks(n: int, k: int, batch: int) -> tuple[range, int]:
+        """Sample chunks of at most ``batch`` model-sample rows (at least one sample)."""
+        size = max(1, batch // k)
+        return range(0, n, size), size
+
+    @torch.no_grad()
+    def features(self, params: dict[str, Tensor], x: Tensor, batch: int = 65536) -> Tensor:
+        """Last-hidden-layer representation (linear model: the flattened input).
+
+        Stacked params ``[k, ...]`` with shared ``x [N, *in]`` or per-model ``x [k, N, *in]``
+        give ``[k, N, H]``; an unstacked model with ``x [N, *in]`` gives ``[N, H]``.
+        ``batch`` bounds the model-sample rows per forward pass (memory).
+        """
+        return self._infer(params, x, None, batch)
+
+    @torch.no_grad()
+    def evaluate(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor, batch: int = 4096
+    ) -> tuple[Tensor, Tensor]:
+        """(loss_sum, correct) of cross-entropy on ``(x, y)``, without gradients.
+
+        Per model ``[k]`` for stacked params (``x`` shared ``[N, *in]`` with ``y [N]``, or
+        per model ``[k, N, *in]`` with ``y [k, N]``); 0-dim tensors for an unstacked
+        model. ``batch`` bounds the model-sample rows per forward pass (memory).
+        """
+        return self._infer(params, x, y, batch)
+
+    def _infer(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor | None, batch: int
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        params = {n: params[n].to(self.device) for n in self.names}
+        x = x.to(self.device)
+        stacked = self._is_stacked(params)
+        k = params[self.names[0]].shape[0] if stacked else 1
+        each = stacked and self._per_learner_input(x, k)
+        n_axis = 1 if each else 0
+        n = x.shape[n_axis]
+        starts, size = self._chunks(n, k, batch)
+        feats: list[Tensor] = []
+        loss = torch.zeros(k if stacked else (), device=self.device)
+        correct = torch.zeros(k if stacked else (), device=self.device, dtype=torch.int64)
+        if y is not None:
+            y = y.to(self.device)
+        for s in starts:
+            xs = x.narrow(n_axis, s, min(size, n - s))
+            if not stacked:
+                out = self._forward(params, xs, y is None)
+            elif each:
+                out = self._forward_each(params, xs, y is None)
+            else:
+                out = self._forward_shared(params, xs, y is None)
+            if y is None:
+                feats.append(out)
+                continue
+            ys = y.narrow(y.dim() - 1, s, xs.shape[n_axis])
+            if stacked:
+                ys = ys.expand(k, -1) if ys.dim() == 1 else ys
+                per = F.cross_entropy(out.transpose(1, 2), ys, reduction="none")
+                loss += per.sum(-1)
+            else:
+                loss += F.cross_entropy(out, ys, reduction="sum")
+            correct += (out.argmax(-1) == ys).sum(-1)
+        if y is None:
+            if not feats:
+                h = self.model(torch.zeros(1, *x.shape[n_axis + 1 :], device=self.device), True)
+                shape = (k, 0, h.shape[-1]) if stacked else (0, h.shape[-1])
+                return torch.zeros(shape, device=self.device)
+            return torch.cat(feats, dim=-2)
+        return loss, correct
+
+    def __repr__(self) -> str:
+        return (
+            f"LearnerBank(m={self.m}, model={type(self.model).__name__}, "
+            f"num_params={self.num_params}, optimizer={type(self.optimizer).__name__}, "
+            f"reduction={self.reduction!r}, device={self.device})"
+        )

@@ -1,0 +1,249 @@
+"""Model zoo for the learners: linear, MLP and LeNet-5 style CNN classifiers.
+
+Every model's ``forward(x, features=False)`` returns logits ``[N, num_classes]``, or
+with ``features=True`` the last hidden layer's activations ``[N, H]`` (for the linear
+model: the flattened input). Probes call it through
+``torch.func.functional_call(model, params, (x,), {"features": True})`` so that the
+representation of any learner's parameters can be read without touching the bank.
+
+Models are built on the meta device and initialised with a local, seeded
+``torch.Generator`` (PyTorch's default initialisation, reproduced), so building a
+model never reads or advances the global random generator.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ACTIVATIONS",
+    "CNN",
+    "MLP",
+    "KINDS",
+    "LinearModel",
+    "ModelError",
+    "build_model",
+    "init_parameters",
+]
+
+
+class ModelError(ValueError):
+    """A model specification that cannot be built; the message names the parameter."""
+
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "gelu": F.gelu,
+    "elu": F.elu,
+    "leaky_relu": F.leaky_relu,
+    "identity": lambda t: t,
+}
+
+
+def _flatten(x: torch.Tensor) -> torch.Tensor:
+    # reshape, not view: inputs gathered from a stream need not be contiguous.
+    return x.reshape(x.shape[0], -1)
+
+
+class LinearModel(nn.Module):
+    """Multinomial logistic regression on the flattened input."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.feature_dim = math.prod(self.input_shape)
+        self.out = nn.Linear(self.feature_dim, num_classes)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        h = _flatten(x)
+        return h if features else self.out(h)
+
+
+class MLP(nn.Module):
+    """Fully connected network; the representation is the last hidden layer."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        hidden: Sequence[int],
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.activation = activation
+        self._act = ACTIVATIONS[activation]
+        widths = [math.prod(self.input_shape), *hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
+        self.feature_dim = widths[-1]
+        self.out = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        h = _flatten(x)
+        for layer in self.hidden:
+            h = self._act(layer(h))
+        return h if features else self.out(h)
+
+
+class CNN(nn.Module):
+    """LeNet-5 style: conv(6,5x5)-pool-conv(16,5x5)-pool-fc(120)-fc(84)-out.
+
+    Both convolutions are padded by 2 and pooling uses ``ceil_mode``, so the spatial
+    size never collapses (works for 1x8x8 digits as well as 1x28x28 and 3x32x32).
+    The flattened size is found by a dummy forward pass at construction.
+    """
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        hidden: Sequence[int] = (120, 84),
+        activation: str = "relu",
+        channels: tuple[int, int] = (6, 16),
+    ) -> None:
+        super().__init__()
+        if len(input_shape) == 2:
+            input_shape = (1, *input_shape)
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.activation = activation
+        self._act = ACTIVATIONS[activation]
+        c_in = self.input_shape[0]
+        self.conv1 = nn.Conv2d(c_in, channels[0], kernel_size=5, padding=2)
+        self.conv2 = nn.Conv2d(channels[0], channels[1], kernel_size=5, padding=2)
+        # Dummy forward on the weights' device (meta when built by build_model: free).
+        with torch.no_grad():
+            dummy = torch.zeros(1, *self.input_shape, device=self.conv1.weight.device)
+            flat = self._conv(dummy).shape[1]
+        widths = [flat, *hidden]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
+        self.feature_dim = widths[-1]
+        self.out = nn.Linear(widths[-1], num_classes)
+
+    def _conv(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], *self.input_shape)
+        x = F.max_pool2d(self._act(self.conv1(x)), 2, ceil_mode=True)
+        x = F.max_pool2d(self._act(self.conv2(x)), 2, ceil_mode=True)
+        return _flatten(x)
+
+    def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
+        h = self._conv(x)
+        for layer in self.hidden:
+            h = self._act(layer(h))
+        return h if features else self.out(h)
+
+
+KINDS = ("linear", "mlp", "cnn")
+
+
+def _check_widths(hidden: object, name: str = "hidden") -> list[int]:
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise ModelError(f"{name}: expected a list of positive integers, got {hidden!r}")
+    widths = list(hidden)
+    for i, w in enumerate(widths):
+        if isinstance(w, bool) or not isinstance(w, int) or w <= 0:
+            raise ModelError(f"{name}[{i}]: must be a positive integer, got {w!r}")
+    return widths
+
+
+def build_model(
+    kind: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    hidden: list[int] | None = None,
+    activation: str = "relu",
+    seed: int = 0,
+) -> nn.Module:
+    """Build a classifier of ``kind`` ('linear', 'mlp' or 'cnn').
+
+    ``input_shape`` is one sample's shape without the batch dimension (e.g. ``(64,)``,
+    ``(1, 8, 8)``); inputs are flattened or reshaped to it, so flat vectors are fine
+    for the CNN too. ``hidden`` gives the hidden widths: MLP layers (default
+    ``[64, 64]``) or the CNN's fully connected layers (default ``[120, 84]``); it
+    must be empty or None for 'linear'. Parameters are initialised like PyTorch's
+    defaults from a local generator seeded by ``seed`` (the global RNG is untouched).
+    Raises ``ModelError`` naming the offending parameter.
+    """
+    if kind not in KINDS:
+        raise ModelError(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+    if isinstance(input_shape, int) and not isinstance(input_shape, bool):
+        input_shape = (input_shape,)
+    shape = _check_widths(input_shape, "input_shape")
+    if not shape:
+        raise ModelError("input_shape: must have at least one dimension, got ()")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ModelError(f"num_classes: must be an integer >= 2, got {num_classes!r}")
+    if activation not in ACTIVATIONS:
+        raise ModelError(f"activation: must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    widths = None if hidden is None else _check_widths(hidden)
+    with torch.device("meta"):
+        if kind == "linear":
+            if widths:
+                raise ModelError(f"hidden: kind 'linear' has no hidden layers, got {hidden!r}")
+            model: nn.Module = LinearModel(tuple(shape), num_classes)
+        elif kind == "mlp":
+            widths = [64, 64] if widths is None else widths
+            if not widths:
+                raise ModelError("hidden: kind 'mlp' needs at least one width (or use 'linear')")
+            model = MLP(tuple(shape), num_classes, widths, activation)
+        else:
+            if len(shape) not in (2, 3):
+                raise ModelError(
+                    f"input_shape: kind 'cnn' needs (C, H, W) or (H, W), got {tuple(shape)}"
+                )
+            widths = [120, 84] if widths is None else widths
+            model = CNN(tuple(shape), num_classes, widths, activation)
+    model.to_empty(device="cpu")
+    init_parameters(model, torch.Generator().manual_seed(seed))
+    return model
+
+
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+
+
+@torch.no_grad()
+def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """(Re)initialise ``model`` in place like PyTorch's defaults, drawing from ``generator``.
+
+    Linear and convolution layers get Kaiming-uniform weights (a=sqrt(5)) and
+    uniform(+-1/sqrt(fan_in)) biases, exactly as ``reset_parameters`` would; norm
+    layers get ones/zeros; embeddings N(0, 1). Parameters of other module types are
+    left as they are, with a warning, because their default init is unknown here.
+    """
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if not own:
+            continue
+        if isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.Bilinear)):
+            weight = module.weight
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+            if getattr(module, "bias", None) is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(weight)
+                bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+        elif isinstance(module, _NORMS):
+            if getattr(module, "weight", None) is not None:
+                nn.init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, generator=generator)
+        else:
+            warnings.warn(
+                f"init_parameters: no seeded initialisation for {type(module).__name__}; "
+                "its parameters keep their current values",
+                stacklevel=2,
+            )
+    return model

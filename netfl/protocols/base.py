@@ -1,0 +1,102 @@
+"""What every synchronization protocol shares: hooks the engine calls, and the star pattern.
+
+A protocol decides who sends what to whom and what learners do while they
+wait. It moves models only through `Simulation.send`, never around the network.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import simpy
+
+from netfl.sim.engine import COORDINATOR
+
+if TYPE_CHECKING:
+    from netfl.sim.engine import Simulation
+
+
+class Protocol:
+    """No synchronization at all: the `nosync` baseline and the base of the others."""
+
+    name = "nosync"
+    counters: tuple[str, ...] = ()  # extra per-round counters the protocol keeps in sim.counters
+    message_kinds: tuple[str, ...] = ()  # kinds it sends; metrics get a bytes_<kind> column each
+
+    def __init__(self, sim: Simulation, config: Any) -> None:
+        self.sim = sim
+        self.config = config
+
+    def start(self) -> None:
+        """Called once before the first step (start coordinator processes here)."""
+
+    def after_step(self, learners: np.ndarray, rounds: np.ndarray) -> None:
+        """Called after `learners` completed their round `rounds` (1-based) in one batch."""
+
+
+class StarAveraging(Protocol):
+    """Learners upload models to the coordinator, which averages and sends the result back.
+
+    Subclasses say which rounds synchronize, who uploads and who receives the average.
+    """
+
+    message_kinds = ("model", "broadcast")
+
+    def __init__(self, sim: Simulation, config: Any) -> None:
+        super().__init__(sim, config)
+        self.wait: bool = getattr(config, "wait", True)
+        self.inbox: dict[int, list[bytes]] = {}
+        self.expected: dict[int, int] = {}
+        self.received = np.zeros(sim.m, dtype=np.int64)  # latest round whose average arrived
+
+    def syncs_at(self, rnd: int) -> bool:
+        raise NotImplementedError
+
+    def uploaders(self, rnd: int) -> np.ndarray:
+        """Learners whose models are averaged at a synchronization round (default: all)."""
+        return np.arange(self.sim.m)
+
+    def receivers(self, rnd: int) -> np.ndarray:
+        return np.arange(self.sim.m)
+
+    def after_step(self, learners: np.ndarray, rounds: np.ndarray) -> None:
+        due = np.array([self.syncs_at(int(r)) for r in np.unique(rounds)])
+        if not due.any():
+            return
+        for rnd in np.unique(rounds)[due]:
+            at_round = learners[rounds == rnd]
+            rnd = int(rnd)
+            if self.wait:
+                waiting = np.intersect1d(at_round, self.receivers(rnd))
+                self.sim.block(waiting[self.received[waiting] < rnd])
+            senders = np.intersect1d(at_round, self.uploaders(rnd))
+            self.expected.setdefault(rnd, len(self.uploaders(rnd)))
+            if not len(senders):
+                continue
+            for learner, payload in zip(senders, self.sim.encode_models(senders)):
+                event = self.sim.send("model", int(learner), COORDINATOR, rnd, payload)
+                event.callbacks.append(self._on_model)
+
+    def _on_model(self, event: simpy.Event) -> None:
+        msg = event.value
+        box = self.inbox.setdefault(msg.round, [])
+        box.append(msg.payload)
+        if len(box) == self.expected[msg.round]:
+            self._aggregate(msg.round)
+
+    def _aggregate(self, rnd: int) -> None:
+        models = self.sim.decode(self.inbox.pop(rnd))
+        del self.expected[rnd]
+        (payload,) = self.sim.encode(models.mean(dim=0, keepdim=True))
+        self.sim.counters["syncs"] += 1
+        for learner in self.receivers(rnd):
+            event = self.sim.send("broadcast", COORDINATOR, int(learner), rnd, payload)
+            event.callbacks.append(self._on_average)
+
+    def _on_average(self, event: simpy.Event) -> None:
+        msg = event.value
+        self.received[msg.dst] = max(self.received[msg.dst], msg.round)
+        self.sim.deliver_model(msg.dst, msg.payload)
+        if self.wait and self.sim.blocked[msg.dst]:
+            self.sim.unblock(msg.dst)

@@ -1,0 +1,178 @@
+"""Dynamic averaging (seed 004, Definition 2 and Algorithm 1).
+
+Learners share a reference model r. Every b rounds each learner checks its
+local condition ||f_i - r||^2 <= delta and, on a violation, sends its model
+to the coordinator and waits. The coordinator, for each set B of violators:
+
+    v <- v + |B|
+    if v >= m: B <- [m]                       (full synchronization)
+    while B != [m] and ||mean(B) - r||^2 > delta:
+        augment B (random doubling, or all at once)
+        query the added learners for their models (request + model, both charged)
+    send mean(B) to every learner in B
+    if B = [m]: r <- mean(B), v <- 0
+
+Two choices the seed leaves open, made here and tested:
+- v is reset on every full synchronization, also one reached by augmentation
+  (afterwards every learner equals r, so no earlier violation is pending);
+  Algorithm 1 writes the reset only in the v = m branch.
+- Learners learn r for free: it is the model a full synchronization sends them.
+Violations that arrive while the coordinator balances join the current B.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import simpy
+import torch
+
+from netfl.protocols.base import Protocol
+from netfl.sim.engine import COORDINATOR
+
+if TYPE_CHECKING:
+    from netfl.sim.engine import Simulation
+
+COUNTERS = ("violations", "balancings", "augmentations", "full_syncs", "reference_updates")
+KINDS = ("violation", "request", "model", "balance", "sync")
+
+
+def average_into(models: torch.Tensor, members: np.ndarray) -> torch.Tensor:
+    """The balancing operator: members take their mean, the others stay (mean of all unchanged)."""
+    out = models.clone()
+    out[torch.as_tensor(members)] = models[torch.as_tensor(members)].mean(dim=0)
+    return out
+
+
+def augment(members: set[int], m: int, strategy: str, rng: np.random.Generator) -> list[int]:
+    """Learners to add to B: as many again as B holds (random doubling), or all the rest."""
+    rest = np.array(sorted(set(range(m)) - members))
+    if strategy == "all" or len(rest) <= len(members):
+        return rest.tolist()
+    return np.sort(rng.choice(rest, size=len(members), replace=False)).tolist()
+
+
+class Dynamic(Protocol):
+    name = "dynamic"
+    counters = COUNTERS
+    message_kinds = KINDS
+
+    def __init__(self, sim: Simulation, config: Any, *, seed: int = 0) -> None:
+        super().__init__(sim, config)
+        self.delta = float(config.delta)
+        self.rng = np.random.default_rng(seed)
+        self.reference = sim.bank.flat(torch.tensor([0], device=sim.bank.device))[0].clone()
+        self.violation_counter = 0
+        self.inbox: simpy.Store = simpy.Store(sim.env)
+        self.replies: dict[int, simpy.Event] = {}
+        self.last_model_sent = np.full(sim.m, -np.inf)
+        for name in COUNTERS:
+            sim.counters[name] = 0
+
+    def start(self) -> None:
+        self.sim.env.process(self._coordinator())
+
+    # ---------------------------------------------------------------- learners
+
+    def after_step(self, learners: np.ndarray, rounds: np.ndarray) -> None:
+        sim = self.sim
+        check = learners[(rounds % self.config.b == 0) & ~sim.blocked[learners]]
+        if not len(check):
+            return
+        flat = sim.bank.flat(sim.index(check))
+        distance = ((flat - self.reference) ** 2).sum(dim=1).cpu().numpy()
+        violators = check[distance > self.delta]
+        if not len(violators):
+            return
+        sim.block(violators)
+        sim.counters["violations"] += len(violators)
+        for learner, payload in zip(violators, sim.encode(flat[distance > self.delta])):
+            rnd = int(sim.rounds_done[learner])
+            event = sim.send("violation", int(learner), COORDINATOR, rnd, payload)
+            event.callbacks.append(lambda ev: self.inbox.put(ev.value))
+
+    def _on_request(self, event: simpy.Event) -> None:
+        """A queried learner stops and answers with its current model."""
+        msg = event.value
+        learner = msg.dst
+        self.sim.apply_pending()
+        self.sim.block(np.array([learner]))
+        (payload,) = self.sim.encode_models(np.array([learner]))
+        reply = self.sim.send("model", learner, COORDINATOR, msg.round, payload)
+        reply.callbacks.append(lambda ev: self.replies[ev.value.src].succeed(ev.value))
+
+    def _on_model(self, event: simpy.Event) -> None:
+        msg = event.value
+        self.sim.deliver_model(msg.dst, msg.payload)
+        if msg.kind == "sync":
+            self.reference = self.sim.decode([msg.payload])[0]
+        if self.sim.blocked[msg.dst]:
+            self.sim.unblock(msg.dst)
+
+    # ------------------------------------------------------------- coordinator
+
+    def _coordinator(self):
+        sim = self.sim
+        while True:
+            first = yield self.inbox.get()
+            models = self._collect([first])
+            if not models:
+                continue
+            self.violation_counter += len(models)
+            reference = self.reference.clone()
+            if self.violation_counter >= sim.m:
+                yield from self._query(models, [i for i in range(sim.m) if i not in models])
+            while len(models) < sim.m and self._too_far(models, reference):
+                added = augment(set(models), sim.m, self.config.augmentation, self.rng)
+                sim.counters["augmentations"] += 1
+                yield from self._query(models, added)
+            self._send_average(models)
+
+    def _collect(self, messages: list) -> dict[int, torch.Tensor]:
+        """Violation models that are not stale (sent before the learner got a newer model)."""
+        messages = messages + list(self.inbox.items)
+        self.inbox.items.clear()
+        fresh = [msg for msg in messages if msg.sent_at > self.last_model_sent[msg.src]]
+        if not fresh:
+            return {}
+        vectors = self.sim.decode([msg.payload for msg in fresh])
+        return {msg.src: vec for msg, vec in zip(fresh, vectors)}
+
+    def _too_far(self, models: dict[int, torch.Tensor], reference: torch.Tensor) -> bool:
+        mean = torch.stack(list(models.values())).mean(dim=0)
+        return float(((mean - reference) ** 2).sum()) > self.delta
+
+    def _query(self, models: dict[int, torch.Tensor], added: list[int]):
+        """Request the models of `added` and wait for every reply; late violations join B."""
+        sim = self.sim
+        self.replies = {i: sim.env.event() for i in added}
+        for learner in added:
+            request = sim.send("request", COORDINATOR, learner, 0, b"")
+            request.callbacks.append(self._on_request)
+        replies = yield sim.env.all_of(list(self.replies.values()))
+        messages = [replies[event] for event in self.replies.values()]
+        vectors = sim.decode([msg.payload for msg in messages])
+        models.update({msg.src: vec for msg, vec in zip(messages, vectors)})
+        late = self._collect([])
+        self.violation_counter += len(late)
+        models.update(late)
+
+    def _send_average(self, models: dict[int, torch.Tensor]) -> None:
+        sim = self.sim
+        members = sorted(models)
+        mean = torch.stack([models[i] for i in members]).mean(dim=0, keepdim=True)
+        (payload,) = sim.encode(mean)
+        full = len(members) == sim.m
+        if full:
+            self.violation_counter = 0
+            sim.counters["full_syncs"] += 1
+            sim.counters["reference_updates"] += 1
+        else:
+            sim.counters["balancings"] += 1
+        sim.counters["syncs"] += 1
+        kind = "sync" if full else "balance"
+        for learner in members:
+            self.last_model_sent[learner] = sim.env.now
+            event = sim.send(kind, COORDINATOR, learner, int(sim.rounds_done[learner]), payload)
+            event.callbacks.append(self._on_model)

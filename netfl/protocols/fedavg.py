@@ -1,0 +1,32 @@
+"""FedAvg (McMahan et al.) in seed 004's streaming form.
+
+Every b rounds the coordinator averages a seeded random fraction C of the
+learners (round(C*m), at least one) and sends the average to every learner,
+who all continue from the global model. The selection for round t is drawn
+from (seed, t) alone, a schedule every learner knows, so it costs no message.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from netfl.protocols.base import StarAveraging
+
+
+class FedAvg(StarAveraging):
+    name = "fedavg"
+
+    def __init__(self, sim, config, *, seed: int = 0) -> None:
+        super().__init__(sim, config)
+        self.seed = seed
+        self.count = max(1, round(config.fraction * sim.m))
+
+    def syncs_at(self, rnd: int) -> bool:
+        return rnd % self.config.b == 0
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - a few recent rounds, freed with the protocol
+    def uploaders(self, rnd: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, rnd])
+        return np.sort(rng.choice(self.sim.m, size=self.count, replace=False))

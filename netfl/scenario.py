@@ -1,0 +1,346 @@
+"""Scenario files: YAML in, a typed and fully defaulted Scenario out.
+
+Everything a run depends on lives in the Scenario, including the seed, so a
+run directory's resolved scenario is enough to repeat the run. Loading knows
+nothing of torch or SimPy; errors name the key path the user has to fix.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from netfl import units
+
+
+class ScenarioError(ValueError):
+    """A scenario the user has to fix; the message names the key path."""
+
+
+def _unit(parser):
+    def parse(value: object) -> object:
+        try:
+            return parser(value)
+        except units.UnitError as exc:
+            raise ValueError(str(exc)) from None
+
+    return BeforeValidator(parse)
+
+
+Seconds = Annotated[float, _unit(units.duration), Field(ge=0)]
+PositiveSeconds = Annotated[float, _unit(units.duration), Field(gt=0)]
+BitsPerSecond = Annotated[float, _unit(units.bitrate), Field(gt=0)]
+Probability = Annotated[float, Field(ge=0, lt=1)]
+Node = int | str
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+# --------------------------------------------------------------------- network
+
+
+class TopologyFile(Section):
+    file: str
+
+
+class TopologyGenerator(Section):
+    generator: Literal[
+        "star", "ring", "line", "complete", "tree", "hierarchy",
+        "random_regular", "erdos_renyi", "barabasi_albert",
+    ] = "star"
+    n: int | None = Field(default=None, ge=1, description="nodes; default: learners + 1")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LinkOverride(Section):
+    u: Node
+    v: Node
+    bandwidth: BitsPerSecond | None = None
+    latency: Seconds | None = None
+    loss: Probability | None = None
+
+
+class NetworkConfig(Section):
+    topology: TopologyGenerator | TopologyFile = Field(default_factory=TopologyGenerator)
+    bandwidth: BitsPerSecond = 100e6
+    latency: Seconds = 0.01
+    loss: Probability = 0.0
+    retransmit_timeout: PositiveSeconds = 0.2
+    links: list[LinkOverride] = Field(default_factory=list)
+    coordinator: Node | None = None
+    placement: list[Node] | None = None
+
+    @field_validator("topology", mode="before")
+    @classmethod
+    def _file_shorthand(cls, value: object) -> object:
+        return {"file": value} if isinstance(value, str) else value
+
+
+# -------------------------------------------------------------------- learners
+
+
+class ComputeTime(Section):
+    """Seconds per training step; a distribution draws one speed per learner (stragglers)."""
+
+    dist: Literal["constant", "uniform", "lognormal", "exponential"] = "constant"
+    mean: PositiveSeconds = 0.01
+    low: Seconds | None = None
+    high: Seconds | None = None
+    sigma: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ComputeTime:
+        if self.dist == "uniform":
+            if self.low is None or self.high is None:
+                raise ValueError("uniform compute_time needs low and high")
+            if not 0 < self.low <= self.high:
+                raise ValueError(f"need 0 < low <= high, got low={self.low}, high={self.high}")
+        return self
+
+
+class LearnersConfig(Section):
+    count: int = Field(default=4, ge=1)
+    compute_time: ComputeTime = Field(default_factory=ComputeTime)
+    init_noise: float = Field(default=0.0, ge=0, description="seed 004 Fig. 8 epsilon")
+    tick: PositiveSeconds | None = Field(
+        default=None, description="compute clock resolution; default: the fastest step time"
+    )
+
+    @field_validator("compute_time", mode="before")
+    @classmethod
+    def _constant_shorthand(cls, value: object) -> object:
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            return {"dist": "constant", "mean": value}
+        return value
+
+
+# ------------------------------------------------------------------------ data
+
+
+class DataConfig(Section):
+    dataset: Literal["digits", "gaussian_mixture", "mnist", "cifar10"] = "digits"
+    root: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    partition: Literal["iid", "classes", "dirichlet"] = "iid"
+    alpha: float = Field(default=0.5, gt=0)
+    groups: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _root_for_files(self) -> DataConfig:
+        if self.dataset in ("mnist", "cifar10") and not self.root:
+            raise ValueError(f"dataset {self.dataset} reads local files: set data.root")
+        return self
+
+
+class ModelConfig(Section):
+    kind: Literal["linear", "mlp", "cnn"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64])
+    activation: Literal["relu", "tanh"] = "relu"
+
+
+class OptimizerConfig(Section):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    reduction: Literal["mean", "sum"] = "mean"
+
+
+# ------------------------------------------------------------------- protocols
+
+
+class NoSync(Section):
+    name: Literal["nosync"]
+
+
+class Serial(Section):
+    """One learner at the coordinator sees every learner's batches, one step per batch."""
+
+    name: Literal["serial"]
+
+
+class Continuous(Section):
+    name: Literal["continuous"]
+    wait: bool = True
+
+
+class Periodic(Section):
+    name: Literal["periodic"]
+    b: int = Field(default=10, ge=1, description="rounds between synchronizations")
+    wait: bool = True
+
+
+class FedAvg(Section):
+    name: Literal["fedavg"]
+    b: int = Field(default=10, ge=1)
+    fraction: float = Field(default=0.3, gt=0, le=1, description="C, share of learners averaged")
+    wait: bool = True
+
+
+class Dynamic(Section):
+    """Dynamic averaging (seed 004 Algorithm 1)."""
+
+    name: Literal["dynamic"]
+    delta: float = Field(default=0.5, gt=0, description="divergence threshold")
+    b: int = Field(default=1, ge=1, description="rounds between local condition checks")
+    augmentation: Literal["double", "all"] = "double"
+
+
+ProtocolConfig = Annotated[
+    NoSync | Serial | Continuous | Periodic | FedAvg | Dynamic, Field(discriminator="name")
+]
+
+
+# -------------------------------------------------------------- run settings
+
+
+class HorizonConfig(Section):
+    rounds: int | None = Field(default=None, ge=1)
+    sim_time: PositiveSeconds | None = None
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> HorizonConfig:
+        if self.rounds is None and self.sim_time is None:
+            self.rounds = 100
+        return self
+
+
+class EvalConfig(Section):
+    every: int = Field(default=10, ge=1, description="rounds between evaluations")
+    on: Literal["test", "train"] = "test"
+    max_samples: int | None = Field(default=None, ge=1)
+    local: bool = True
+
+
+class OutputConfig(Section):
+    dir: str | None = None
+    per_learner: bool = False
+
+
+class Scenario(Section):
+    name: str = "scenario"
+    seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    learners: LearnersConfig = Field(default_factory=LearnersConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    protocol: ProtocolConfig = Field(default_factory=lambda: Periodic(name="periodic"))
+    horizon: HorizonConfig = Field(default_factory=HorizonConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _default_protocol_name(cls, value: object) -> object:
+        if isinstance(value, dict) and "name" not in value:
+            return {"name": "periodic", **value}
+        return value
+
+    def resolved(self) -> dict[str, Any]:
+        """Plain data with every default filled in, as written to a run directory."""
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------- load
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        loc = [f"[{p}]" if isinstance(p, int) else str(p) for p in item["loc"]]
+        if loc[:1] == ["protocol"] and len(loc) > 1 and item["type"] != "union_tag_invalid":
+            loc = ["protocol", *loc[2:]]  # drop pydantic's discriminator tag from the path
+        path = ".".join(loc).replace(".[", "[") or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "union_tag_invalid":
+            message = f"unknown protocol {item['input'].get('name')!r}; expected one of " + \
+                item["ctx"]["expected_tags"]
+        elif "got" not in message and not isinstance(item.get("input"), (dict, list)):
+            message += f", got {item['input']!r}"
+        lines.append(f"{path}: {message}")
+    head = f"{source}: invalid scenario" if len(lines) > 1 else f"{source}:"
+    return head + ("\n  " if len(lines) > 1 else " ") + "\n  ".join(lines)
+
+
+def set_key(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply one `--set key.path=value` override to raw scenario data."""
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ScenarioError(f"--set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'a.b=3' -> ('a.b', 3); the value is read as YAML so numbers and lists work."""
+    if "=" not in text:
+        raise ScenarioError(f"--set {text}: expected key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def from_dict(data: Any, source: str = "scenario", overrides: list[str] = ()) -> Scenario:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{source}: the top level must be a mapping of sections")
+    data = copy.deepcopy(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_key(data, key, value)
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ScenarioError(_format_errors(exc, source)) from None
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
+    """Read and validate a scenario file; relative topology paths resolve as given or beside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"{path}: no such scenario file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ScenarioError(f"{path}: not valid YAML{where}") from None
+    scenario = from_dict(data, str(path), overrides)
+    if isinstance(data, dict) and "name" not in data:
+        scenario.name = path.stem
+    topo = scenario.network.topology
+    if isinstance(topo, TopologyFile) and not Path(topo.file).exists():
+        beside = path.parent / topo.file
+        if beside.exists():
+            topo.file = str(beside)
+    return scenario

@@ -1,0 +1,278 @@
+"""The run loop: discrete ticks for compute, SimPy events for communication.
+
+Every learner's step lasts a whole number of ticks; the engine jumps to the
+next tick at which any learner finishes a step and trains all of those
+learners in one batched call. A learner that waits for a model does not step;
+when the model arrives it starts at the next tick boundary, which keeps
+learners that were synchronized together in the same batch even though their
+messages arrived at slightly different instants.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import simpy
+import torch
+
+from netfl.sim import wire
+from netfl.sim.network import Message, Network
+
+if TYPE_CHECKING:
+    from netfl.data.sources import BatchSource
+    from netfl.learning.bank import LearnerBank
+    from netfl.protocols.base import Protocol
+
+COORDINATOR = "coordinator"
+_EPS = 1e-9
+
+
+class DeadlockError(RuntimeError):
+    """Every learner waits and no message is in flight: a protocol bug, never a user error."""
+
+
+class RoundLog:
+    """Per-round accumulators indexed by 0-based round, grown as later rounds are reached."""
+
+    def __init__(self) -> None:
+        self.loss = np.zeros(64)
+        self.samples = np.zeros(64, dtype=np.int64)
+        self.finished = np.zeros(64, dtype=np.int64)
+
+    def ensure(self, rounds: int) -> None:
+        size = len(self.loss)
+        if rounds > size:
+            grow = max(rounds, 2 * size) - size
+            self.loss = np.concatenate([self.loss, np.zeros(grow)])
+            self.samples = np.concatenate([self.samples, np.zeros(grow, dtype=np.int64)])
+            self.finished = np.concatenate([self.finished, np.zeros(grow, dtype=np.int64)])
+
+    def add(self, rounds: np.ndarray, loss: np.ndarray, samples: np.ndarray) -> None:
+        self.ensure(int(rounds.max()) + 1)
+        np.add.at(self.loss, rounds, loss)
+        np.add.at(self.samples, rounds, samples)
+        np.add.at(self.finished, rounds, 1)
+
+
+class Simulation:
+    """Learners, a coordinator and the network, advanced together in simulated time."""
+
+    def __init__(
+        self,
+        *,
+        env: simpy.Environment,
+        network: Network,
+        bank: LearnerBank,
+        source: BatchSource,
+        protocol_factory: Callable[[Simulation], Protocol],
+        tick: float,
+        durations: np.ndarray,
+        horizon_rounds: int | None,
+        horizon_time: float | None,
+        eval_every: int,
+        eval_local: bool,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        batches_per_step: int = 1,
+    ) -> None:
+        self.env = env
+        self.network = network
+        self.bank = bank
+        self.source = source
+        self.tick = tick
+        self.m = bank.m
+        self.batches_per_step = batches_per_step
+        self.durations = durations.astype(np.int64)
+        self.horizon_rounds = horizon_rounds
+        self.horizon_ticks = (
+            None if horizon_time is None else math.floor(horizon_time / tick + _EPS)
+        )
+        self.eval_every = eval_every
+        self.eval_local = eval_local
+        self.on_round = on_round
+        self.on_learners = on_learners
+
+        self.due = self.durations.copy()  # tick at which each learner's current step completes
+        self.rounds_done = np.zeros(self.m, dtype=np.int64)
+        self.blocked = np.zeros(self.m, dtype=bool)
+        self.finished = np.zeros(self.m, dtype=bool)
+        self.log = RoundLog()
+        self.rows_emitted = 0
+        self.cumulative_loss = 0.0
+        self.last_row: dict[str, Any] = {}
+        self.counters: dict[str, int] = {"syncs": 0}
+        self._pending: dict[int, tuple[Any, list[int]]] = {}
+        self._decoded: dict[int, torch.Tensor] = {}
+        self._wake = env.event()
+        self._all_idx = torch.arange(self.m, device=bank.device)
+        self.protocol = protocol_factory(self)
+
+    # ------------------------------------------------------------ protocol API
+
+    def send(self, kind: str, src: Any, dst: Any, rnd: int, payload: bytes) -> simpy.Event:
+        """Put a real payload on the network; the charged size is its header plus its length."""
+        msg = Message(kind, src, dst, int(rnd), payload, wire.message_size(payload))
+        return self.network.send(msg)
+
+    def encode_models(self, learners: np.ndarray) -> list[bytes]:
+        return self.encode(self.bank.flat(self.index(learners)))
+
+    def encode(self, vectors: torch.Tensor) -> list[bytes]:
+        """Full-model payloads for the rows of a [k, P] tensor."""
+        return wire.encode_vectors(vectors)
+
+    def decode(self, payloads: list[bytes]) -> torch.Tensor:
+        return wire.decode_vectors(payloads, self.bank.device)
+
+    def deliver_model(self, learner: int, payload: bytes) -> None:
+        """Queue a received model; applied in one batched assign before the learner next steps."""
+        key = id(payload)
+        entry = self._pending.get(key)
+        if entry is None:
+            self._pending[key] = (payload, [int(learner)])
+        else:
+            entry[1].append(int(learner))
+
+    def block(self, learners: np.ndarray) -> None:
+        self.blocked[learners] = True
+
+    def unblock(self, learner: int) -> None:
+        """Resume a learner at the next tick boundary after now."""
+        start = math.ceil(self.env.now / self.tick - _EPS)
+        self.blocked[learner] = False
+        self.due[learner] = max(self.due[learner], start + self.durations[learner])
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    # ------------------------------------------------------------- the loop
+
+    def run(self) -> None:
+        self.protocol.start()
+        self.env.process(self._loop())
+        self.env.run()
+        self.apply_pending()
+        if not self.finished.all():
+            raise DeadlockError("simulation stopped with learners still waiting for models")
+
+    def _loop(self):
+        while True:
+            self._retire()
+            active = ~self.blocked & ~self.finished
+            if not active.any():
+                if self.finished.all():
+                    return
+                if self.env.peek() == math.inf:
+                    raise DeadlockError("every learner waits and no message is in flight")
+                self._wake = self.env.event()
+                yield self._wake
+                continue
+            tick = int(self.due[active].min())
+            wait = tick * self.tick - self.env.now
+            if wait > _EPS:
+                self._wake = self.env.event()
+                yield self.env.any_of([self.env.timeout(wait), self._wake])
+                continue
+            learners = np.flatnonzero(active & (self.due == tick))
+            self._step(learners, tick)
+
+    def _retire(self) -> None:
+        """Mark learners that reached the horizon; they take no further steps."""
+        if self.horizon_rounds is not None:
+            self.finished |= self.rounds_done >= self.horizon_rounds
+        if self.horizon_ticks is not None:
+            self.finished |= ~self.blocked & (self.due > self.horizon_ticks)
+
+    def _step(self, learners: np.ndarray, tick: int) -> None:
+        self.apply_pending()
+        rounds = self.rounds_done[learners]
+        idx = self.index(learners)
+        loss, samples = self._train(learners, idx, rounds)
+        self.rounds_done[learners] += 1
+        self.due[learners] = tick + self.durations[learners]
+        self.log.add(rounds, loss, samples)
+        if self.on_learners is not None:
+            self.on_learners(tick, learners, loss)
+        self.protocol.after_step(learners, self.rounds_done[learners])
+        self._emit_rows()
+
+    def _train(self, learners: np.ndarray, idx: torch.Tensor, rounds: np.ndarray):
+        everyone = len(learners) == self.m and (rounds == rounds[0]).all()
+        if self.batches_per_step == 1:
+            if everyone:
+                x, y = self.source.batch(None, int(rounds[0]))
+            else:
+                x, y = self.source.batch(learners, rounds)
+            x, y = x.to(self.bank.device), y.to(self.bank.device)
+            result = self.bank.step(idx, x, y)
+            loss = result.loss_sum.detach().cpu().numpy().astype(np.float64)
+            return loss, np.full(len(learners), y.shape[1], dtype=np.int64)
+        # serial: one learner takes the batches of every source in turn
+        x, y = self.source.batch(None, int(rounds[0]))
+        x, y = x.to(self.bank.device), y.to(self.bank.device)
+        total = torch.zeros((), device=self.bank.device)
+        for j in range(x.shape[0]):
+            total += self.bank.step(idx, x[j : j + 1], y[j : j + 1]).loss_sum.sum()
+        return np.array([float(total)]), np.array([y.numel()], dtype=np.int64)
+
+    def apply_pending(self) -> None:
+        """Assign every received model, one batched assign per distinct payload."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        for payload, learners in pending.values():
+            vec = self.decode([payload])[0]
+            self.bank.assign(self.index(np.asarray(learners)), self.bank.unflatten(vec))
+
+    def index(self, learners: np.ndarray) -> torch.Tensor:
+        """Bank index for learner ids, reusing one tensor when it is everyone in order."""
+        if len(learners) == self.m and (learners == np.arange(self.m)).all():
+            return self._all_idx
+        return torch.as_tensor(learners, dtype=torch.long, device=self.bank.device)
+
+    # ------------------------------------------------------------- metrics
+
+    def _emit_rows(self) -> None:
+        finished = self.log.finished
+        while self.rows_emitted < len(finished) and finished[self.rows_emitted] >= self.m:
+            self._emit(self.rows_emitted)
+            self.rows_emitted += 1
+
+    def _emit(self, r: int) -> None:
+        loss = float(self.log.loss[r])
+        self.cumulative_loss += loss
+        net = self.network
+        row: dict[str, Any] = {
+            "round": r + 1,
+            "sim_time_s": round(self.env.now, 9),
+            "loss": loss,
+            "samples": int(self.log.samples[r]),
+            "cumulative_loss": self.cumulative_loss,
+            "bytes_up": net.bytes_up,
+            "bytes_down": net.bytes_down,
+            "bytes_total": net.bytes_total,
+            "messages": net.messages,
+            "divergence": self.bank.divergence() if self.m > 1 else 0.0,
+            **self.counters,
+        }
+        for kind in self.protocol.message_kinds:
+            row[f"bytes_{kind}"] = net.bytes_by_kind.get(kind, 0)
+        if (r + 1) % self.eval_every == 0 or (r + 1) == self.horizon_rounds:
+            row.update(self.evaluate())
+        self.last_row = row
+        if self.on_round is not None:
+            self.on_round(row)
+
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy of the mean model and the mean accuracy of the local models."""
+        x, y = self.source.eval_set(max(self.rows_emitted - 1, 0))
+        x, y = x.to(self.bank.device), y.to(self.bank.device)
+        n = len(y)
+        _, correct = self.bank.evaluate(self.bank.mean(), x, y)
+        out = {"acc_mean_model": float(correct) / n}
+        if self.eval_local:
+            _, local = self.bank.evaluate(self.bank.params, x, y)
+            out["acc_local_mean"] = float(local.float().mean()) / n
+        return out

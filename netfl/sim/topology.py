@@ -1,0 +1,588 @@
+"""Network topologies: generate or load a graph, give its links parameters, place endpoints.
+
+Plain functions on networkx graphs, in the order a run uses them::
+
+    g = generate("hierarchy", 16, seed=0)            # or load_graph("topologies/star8.yaml")
+    g = configure_links(g, bandwidth="100 Mbit/s", latency="5 ms")
+    coordinator, learners = place(g, m=12)
+
+Link attributes are SI floats once configured: ``bandwidth`` in bit/s,
+``latency`` in seconds, ``loss`` a probability in [0, 1). Files may write them
+with units ("100 Mbit/s", "5 ms"). Generated and loaded graphs use int node ids
+where the file's ids are all integers.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+import shlex
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import yaml
+from scipy.sparse.csgraph import shortest_path
+
+from netfl import units
+
+LINK_ATTRS = ("bandwidth", "latency", "loss")
+MAX_DRAWS = 100  # random graphs are redrawn until connected, at most this many times
+
+_INT = re.compile(r"[-+]?\d+")
+
+
+class TopologyError(ValueError):
+    """A topology that cannot be built, read or placed on; the message names the culprit."""
+
+
+# -- generators ---------------------------------------------------------------------------------
+
+
+class _Params:
+    """Keyword parameters of one generator, taken one by one so leftovers are reported."""
+
+    def __init__(self, kind: str, params: Mapping[str, Any]):
+        self.kind, self._left = kind, dict(params)
+
+    def int(self, name: str, default: int | None, minimum: int) -> int | None:
+        value = self._left.pop(name, default)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise TopologyError(
+                f"{self.kind}: {name} must be an integer >= {minimum}, got {value!r}"
+            )
+        return int(value)
+
+    def probability(self, name: str, default: float) -> float:
+        value = self._left.pop(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise TopologyError(
+                f"{self.kind}: {name} must be a probability in (0, 1], got {value!r}"
+            )
+        return float(value)
+
+    def done(self) -> None:
+        if self._left:
+            names = ", ".join(sorted(self._left))
+            raise TopologyError(f"{self.kind}: unknown parameter(s) {names}")
+
+
+def _need_n(kind: str, n: int | None, minimum: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
+        raise TopologyError(
+            f"{kind}: n (number of nodes) must be an integer >= {minimum}, got {n!r}"
+        )
+    return int(n)
+
+
+def _star(n, p: _Params, rng) -> nx.Graph:
+    """Hub 0 joined to leaves 1..n-1."""
+    p.done()
+    return nx.star_graph(_need_n("star", n, 2) - 1)
+
+
+def _ring(n, p: _Params, rng) -> nx.Graph:
+    """Nodes 0..n-1 in a cycle."""
+    p.done()
+    return nx.cycle_graph(_need_n("ring", n, 3))
+
+
+def _line(n, p: _Params, rng) -> nx.Graph:
+    """Nodes 0..n-1 in a path."""
+    p.done()
+    return nx.path_graph(_need_n("line", n, 2))
+
+
+def _complete(n, p: _Params, rng) -> nx.Graph:
+    """Every pair of the n nodes linked."""
+    p.done()
+    return nx.complete_graph(_need_n("complete", n, 2))
+
+
+def _tree(n, p: _Params, rng) -> nx.Graph:
+    """Balanced r-ary tree rooted at 0, levels filled in breadth-first order.
+
+    Params: ``branching`` r (default 2); ``height`` h (optional). With h the
+    tree is full, 1 + r + ... + r^h nodes, and n may be None or must match.
+    """
+    r = p.int("branching", 2, 1)
+    h = p.int("height", None, 0)
+    p.done()
+    if h is not None:
+        full = sum(r**level for level in range(h + 1))
+        if n is None:
+            n = full
+        elif n != full:
+            raise TopologyError(
+                f"tree: height {h} with branching {r} gives {full} nodes, but n is {n!r}; "
+                "give n or height, not both"
+            )
+    return nx.full_rary_tree(r, _need_n("tree", n, 1))
+
+
+def _hierarchy(n, p: _Params, rng) -> nx.Graph:
+    """Two tiers: root 0, switches 1..s, leaves s+1..n-1 spread round-robin over the switches.
+
+    Leaf i (0-based) hangs off switch 1 + i % s. Params: ``switches`` s and
+    ``leaves`` L, with n = 1 + s + L. Give n (s defaults to floor(sqrt(n - 1))),
+    or L (n may be None; s defaults to floor(sqrt(L))), or both. Every switch
+    serves at least one leaf. Nodes get a ``tier`` attribute (root, switch,
+    leaf) and edges a ``tier`` attribute (core, access), handy for overrides.
+    """
+    s = p.int("switches", None, 1)
+    leaves = p.int("leaves", None, 1)
+    p.done()
+    if n is None:
+        if leaves is None:
+            raise TopologyError("hierarchy: give n (total nodes) or leaves")
+        s = s or max(1, math.isqrt(leaves))
+    else:
+        n = _need_n("hierarchy", n, 3)
+        if s is None:
+            s = n - 1 - leaves if leaves is not None else max(1, math.isqrt(n - 1))
+        if leaves is None:
+            leaves = n - 1 - s
+        if 1 + s + leaves != n:
+            raise TopologyError(
+                f"hierarchy: n must be 1 + switches + leaves = {1 + s + leaves}, got {n}"
+            )
+    if s < 1 or leaves < s:
+        raise TopologyError(
+            f"hierarchy: leaves ({leaves}) must be at least switches ({s}), and switches >= 1"
+        )
+    g = nx.Graph()
+    g.add_node(0, tier="root")
+    g.add_nodes_from(range(1, s + 1), tier="switch")
+    g.add_nodes_from(range(s + 1, s + 1 + leaves), tier="leaf")
+    g.add_edges_from(((0, k) for k in range(1, s + 1)), tier="core")
+    g.add_edges_from(((1 + i % s, s + 1 + i) for i in range(leaves)), tier="access")
+    return g
+
+
+def _random_regular(n, p: _Params, rng) -> nx.Graph:
+    """Random d-regular graph (param ``d``, default 3), redrawn until connected."""
+    d = p.int("d", 3, 1)
+    p.done()
+    n = _need_n("random_regular", n, 2)
+    if d >= n or (n * d) % 2:
+        raise TopologyError(f"random_regular: d must be < n and n * d even, got d={d}, n={n}")
+    return _until_connected(
+        "random_regular", lambda s: nx.random_regular_graph(d, n, seed=s), rng, f"d={d}"
+    )
+
+
+def _erdos_renyi(n, p: _Params, rng) -> nx.Graph:
+    """G(n, p), redrawn until connected; ``p`` defaults to min(1, 2 ln(n) / n)."""
+    n = _need_n("erdos_renyi", n, 2)
+    prob = p.probability("p", min(1.0, 2 * math.log(n) / n))
+    p.done()
+    return _until_connected(
+        "erdos_renyi", lambda s: nx.fast_gnp_random_graph(n, prob, seed=s), rng, f"p={prob:g}"
+    )
+
+
+def _barabasi_albert(n, p: _Params, rng) -> nx.Graph:
+    """Preferential attachment, each new node bringing ``m_edges`` links (default 2)."""
+    m_edges = p.int("m_edges", 2, 1)
+    p.done()
+    n = _need_n("barabasi_albert", n, 2)
+    if m_edges >= n:
+        raise TopologyError(f"barabasi_albert: m_edges must be < n, got m_edges={m_edges}, n={n}")
+    return nx.barabasi_albert_graph(n, m_edges, seed=int(rng.integers(2**32)))
+
+
+def _until_connected(
+    kind: str, draw: Callable[[int], nx.Graph], rng: np.random.Generator, what: str
+) -> nx.Graph:
+    for _ in range(MAX_DRAWS):
+        g = draw(int(rng.integers(2**32)))
+        if nx.is_connected(g):
+            return g
+    raise TopologyError(
+        f"{kind}: no connected graph in {MAX_DRAWS} draws with {what}; use a denser graph"
+    )
+
+
+GENERATORS: dict[str, Callable[..., nx.Graph]] = {
+    "star": _star,
+    "ring": _ring,
+    "line": _line,
+    "complete": _complete,
+    "tree": _tree,
+    "hierarchy": _hierarchy,
+    "random_regular": _random_regular,
+    "erdos_renyi": _erdos_renyi,
+    "barabasi_albert": _barabasi_albert,
+}
+
+
+def generate(kind: str, n: int | None = None, *, seed: int, **params: Any) -> nx.Graph:
+    """A connected graph with int nodes 0..n-1 (n = total number of nodes).
+
+    Kinds and their params: ``star`` (hub 0), ``ring``, ``line``, ``complete``,
+    ``tree`` (branching, height), ``hierarchy`` (switches, leaves),
+    ``random_regular`` (d), ``erdos_renyi`` (p), ``barabasi_albert`` (m_edges).
+    ``tree`` and ``hierarchy`` accept n=None when height / leaves fix the size.
+    The same kind, n, params and seed give the same graph.
+    """
+    if kind not in GENERATORS:
+        raise TopologyError(
+            f"unknown topology kind {kind!r}; expected one of {', '.join(GENERATORS)}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TopologyError(f"{kind}: seed must be an integer, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    return GENERATORS[kind](n, _Params(kind, params), rng)
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def load_graph(path: str | Path) -> nx.Graph:
+    """Read a graph from GraphML, an edge list or YAML, chosen by the file's suffix.
+
+    - ``.graphml``: edge data ``bandwidth``, ``latency``, ``loss``; an optional
+      graph attribute ``coordinator``.
+    - ``.edgelist`` / ``.edges`` / ``.txt``: one link a line, ``u v`` then
+      optional ``key=value`` pairs (quote values with spaces:
+      ``bandwidth="100 Mbit/s"``) or a Python dict as networkx writes it;
+      ``#`` starts a comment.
+    - ``.yaml`` / ``.yml``: ``{nodes: [...] (optional), links: [{u, v, bandwidth,
+      latency, loss}, ...], coordinator: node (optional)}``.
+
+    Unit strings are converted to SI floats; a link attribute left out is
+    filled later by :func:`configure_links`. Raises TopologyError naming the file.
+    """
+    path = Path(path)
+    readers = {
+        ".graphml": _read_graphml,
+        ".edgelist": _read_edgelist,
+        ".edges": _read_edgelist,
+        ".txt": _read_edgelist,
+        ".yaml": _read_yaml,
+        ".yml": _read_yaml,
+    }
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise TopologyError(f"{path}: unknown topology format; use one of {', '.join(readers)}")
+    if not path.is_file():
+        raise TopologyError(f"{path}: no such file")
+    try:
+        try:
+            g = reader(path)
+        except (OSError, UnicodeDecodeError) as err:
+            raise TopologyError(f"cannot read: {err}") from None
+        for u, v, data in g.edges(data=True):
+            _convert_link_attrs(u, v, data)
+        coordinator = g.graph.get("coordinator")
+        if coordinator is not None and coordinator not in g:
+            raise TopologyError(f"coordinator {coordinator!r} is not a node")
+    except TopologyError as err:
+        raise TopologyError(f"{path}: {err}") from None
+    return g
+
+
+def _read_graphml(path: Path) -> nx.Graph:
+    try:
+        g = nx.read_graphml(path)
+    except (ET.ParseError, nx.NetworkXError, ValueError, KeyError) as err:
+        raise TopologyError(f"not valid GraphML: {err}") from None
+    if g.is_directed() or g.is_multigraph():
+        raise TopologyError(
+            "links are bidirectional: use an undirected graph without parallel edges"
+        )
+    for key in ("node_default", "edge_default"):  # added by networkx' reader, not by the file
+        g.graph.pop(key, None)
+    if all(isinstance(x, str) and _INT.fullmatch(x) for x in g):
+        g = nx.relabel_nodes(g, {x: int(x) for x in g})
+        if isinstance(g.graph.get("coordinator"), str) and _INT.fullmatch(g.graph["coordinator"]):
+            g.graph["coordinator"] = int(g.graph["coordinator"])
+    return nx.Graph(g)
+
+
+def _read_edgelist(path: Path) -> nx.Graph:
+    g = nx.Graph()
+    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            u, v, data = _parse_edge_line(line)
+        except (ValueError, SyntaxError) as err:
+            raise TopologyError(f"line {lineno}: {err}") from None
+        _add_link(g, u, v, data, f"line {lineno}")
+    return g
+
+
+def _parse_edge_line(line: str) -> tuple[Hashable, Hashable, dict[str, Any]]:
+    parts = line.split(None, 2)
+    if len(parts) < 2:
+        raise ValueError(f"expected 'u v [key=value ...]', got {line!r}")
+    rest = parts[2].strip() if len(parts) > 2 else ""
+    if rest.startswith("{"):
+        data = ast.literal_eval(rest)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a dict of link attributes, got {rest!r}")
+    else:
+        data = {}
+        for token in shlex.split(rest, comments=True):
+            key, eq, value = token.partition("=")
+            if not eq or not key:
+                raise ValueError(f"expected key=value, got {token!r}")
+            data[key] = value
+    return _node(parts[0]), _node(parts[1]), data
+
+
+def _node(token: str) -> Hashable:
+    return int(token) if _INT.fullmatch(token) else token
+
+
+def _read_yaml(path: Path) -> nx.Graph:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise TopologyError(f"not valid YAML: {err}") from None
+    if not isinstance(doc, dict):
+        raise TopologyError("expected a mapping with 'links' (and optional 'nodes', 'coordinator')")
+    unknown = set(doc) - {"nodes", "links", "coordinator"}
+    if unknown:
+        raise TopologyError(f"unknown key(s) {', '.join(map(str, sorted(unknown, key=str)))}")
+    g = nx.Graph()
+    nodes = doc.get("nodes")
+    if nodes is not None:
+        if not isinstance(nodes, list):
+            raise TopologyError(f"nodes: expected a list, got {nodes!r}")
+        for i, node in enumerate(nodes):
+            g.add_node(_check_node(node, f"nodes[{i}]"))
+    links = doc.get("links", [])
+    if not isinstance(links, list):
+        raise TopologyError(f"links: expected a list, got {links!r}")
+    for i, link in enumerate(links):
+        where = f"links[{i}]"
+        if not isinstance(link, dict):
+            raise TopologyError(f"{where}: expected a mapping with u and v, got {link!r}")
+        bad = set(link) - {"u", "v", *LINK_ATTRS}
+        if bad or "u" not in link or "v" not in link:
+            raise TopologyError(
+                f"{where}: expected keys u, v and optional bandwidth, latency, loss, "
+                f"got {list(link)}"
+            )
+        u, v = _check_node(link["u"], f"{where}.u"), _check_node(link["v"], f"{where}.v")
+        if nodes is not None and (u not in g or v not in g):
+            raise TopologyError(f"{where}: node {u if u not in g else v!r} is not in nodes")
+        attrs = {k: val for k, val in link.items() if k in LINK_ATTRS}
+        _add_link(g, u, v, attrs, where)
+    if g.number_of_nodes() == 0:
+        raise TopologyError("no nodes and no links")
+    if "coordinator" in doc:
+        g.graph["coordinator"] = _check_node(doc["coordinator"], "coordinator")
+    return g
+
+
+def _check_node(node: Any, where: str) -> Hashable:
+    if isinstance(node, bool) or not isinstance(node, (int, str)):
+        raise TopologyError(f"{where}: a node is an int or a string, got {node!r}")
+    return node
+
+
+def _add_link(g: nx.Graph, u: Hashable, v: Hashable, attrs: dict[str, Any], where: str) -> None:
+    if u == v:
+        raise TopologyError(f"{where}: link ({u}, {v}) is a self-loop")
+    if g.has_edge(u, v):
+        raise TopologyError(f"{where}: link ({u}, {v}) is listed twice")
+    g.add_edge(u, v, **attrs)
+
+
+# -- link parameters ----------------------------------------------------------------------------
+
+
+def _probability(value: Any) -> float:
+    """A loss probability from a number or a numeric string such as '0.01'."""
+    if not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    raise units.UnitError(f"expected a probability such as '0.01', got {value!r}")
+
+
+_CONVERT: dict[str, Callable[[Any], float]] = {
+    "bandwidth": units.bitrate,
+    "latency": units.duration,
+    "loss": _probability,
+}
+
+
+def _convert_link_attrs(u: Hashable, v: Hashable, data: dict[str, Any]) -> None:
+    """Turn the link attributes present in ``data`` into floats, in place."""
+    for name in LINK_ATTRS:
+        if name in data:
+            try:
+                data[name] = _CONVERT[name](data[name])
+            except units.UnitError as err:
+                raise TopologyError(f"link ({u}, {v}): {name}: {err}") from None
+
+
+def _check_link(u: Hashable, v: Hashable, data: dict[str, float]) -> None:
+    bandwidth, latency, loss = data["bandwidth"], data["latency"], data["loss"]
+    if not (bandwidth > 0 and math.isfinite(bandwidth)):
+        raise TopologyError(f"link ({u}, {v}): bandwidth must be > 0, got {bandwidth:g}")
+    if not (latency >= 0 and math.isfinite(latency)):
+        raise TopologyError(f"link ({u}, {v}): latency must be >= 0, got {latency:g}")
+    if not 0 <= loss < 1:
+        raise TopologyError(f"link ({u}, {v}): loss must be in [0, 1), got {loss:g}")
+
+
+def configure_links(
+    g: nx.Graph,
+    *,
+    bandwidth: float | str,
+    latency: float | str,
+    loss: float = 0.0,
+    overrides: Iterable[Mapping[str, Any]] = (),
+) -> nx.Graph:
+    """A copy of ``g`` whose every edge has float ``bandwidth``, ``latency`` and ``loss``.
+
+    Precedence per attribute: an override > the edge's own attribute (from the
+    file) > the default given here. Each override is ``{u, v, bandwidth?,
+    latency?, loss?}`` naming an existing link. Units: bit/s, seconds,
+    probability in [0, 1); unit strings such as "1 Gbit/s" or "2 ms" work.
+    """
+    out = g.copy()
+    defaults = {"bandwidth": bandwidth, "latency": latency, "loss": loss}
+    for _, _, data in out.edges(data=True):
+        for name, value in defaults.items():
+            data.setdefault(name, value)
+    for i, override in enumerate(overrides):
+        u, v, attrs = _read_override(out, i, override)
+        out.edges[u, v].update(attrs)
+    for u, v, data in out.edges(data=True):
+        _convert_link_attrs(u, v, data)
+        _check_link(u, v, data)
+    return out
+
+
+def _read_override(
+    g: nx.Graph, i: int, override: Mapping[str, Any]
+) -> tuple[Hashable, Hashable, dict[str, Any]]:
+    if not isinstance(override, Mapping) or "u" not in override or "v" not in override:
+        raise TopologyError(f"overrides[{i}]: expected a mapping with u and v, got {override!r}")
+    u, v = override["u"], override["v"]
+    bad = set(override) - {"u", "v", *LINK_ATTRS}
+    if bad:
+        raise TopologyError(
+            f"overrides[{i}]: link ({u}, {v}): unknown key(s) {', '.join(sorted(map(str, bad)))}"
+        )
+    for node in (u, v):
+        if node not in g:
+            raise TopologyError(f"overrides[{i}]: link ({u}, {v}): unknown node {node!r}")
+    if not g.has_edge(u, v):
+        raise TopologyError(f"overrides[{i}]: link ({u}, {v}): no such link in the topology")
+    attrs = {k: val for k, val in override.items() if k in LINK_ATTRS}
+    _convert_link_attrs(u, v, attrs)
+    return u, v, attrs
+
+
+# -- placement ----------------------------------------------------------------------------------
+
+
+def place(
+    g: nx.Graph,
+    m: int,
+    *,
+    coordinator: Hashable | None = None,
+    learners: list[Hashable] | None = None,
+) -> tuple[Hashable, list[Hashable]]:
+    """The coordinator's node and the nodes of learners 0..m-1.
+
+    Defaults: the coordinator goes to ``g.graph["coordinator"]`` if set, else to
+    the node of highest closeness centrality (ties: smallest id) -- the hub of a
+    star, the root of a hierarchy. Learners go round-robin over the
+    non-coordinator nodes of degree 1 (the leaves) if there are any, else over
+    all non-coordinator nodes; several learners may share a node. Explicit
+    ``learners`` lists m nodes, or fewer that are cycled.
+    """
+    if g.number_of_nodes() == 0:
+        raise TopologyError("network has no nodes")
+    if not nx.is_connected(g):
+        count = nx.number_connected_components(g)
+        raise TopologyError(f"network is disconnected: {count} components")
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0:
+        raise TopologyError(f"number of learners must be an integer >= 0, got {m!r}")
+    if coordinator is None:
+        coordinator = g.graph.get("coordinator")
+    if coordinator is None:
+        coordinator = most_central(g)
+    elif coordinator not in g:
+        raise TopologyError(f"coordinator: unknown node {coordinator!r}")
+    if learners is None:
+        pool = _default_learner_nodes(g, coordinator)
+    else:
+        pool = list(learners)
+        for node in pool:
+            if node not in g:
+                raise TopologyError(f"learners: unknown node {node!r}")
+        if len(pool) > m or (m and not pool):
+            raise TopologyError(f"learners: expected 1 to {m} nodes, got {len(pool)}")
+    return coordinator, [pool[i % len(pool)] for i in range(m)]
+
+
+def most_central(g: nx.Graph, chunk: int = 256) -> Hashable:
+    """The node of highest closeness centrality (hop counts) in a connected graph.
+
+    Highest closeness is smallest total distance to the other nodes; ties go to
+    the smallest node id. Trees (star, tree, hierarchy, line) take O(n); other
+    graphs run a BFS from every node in scipy, ``chunk`` sources at a time
+    (memory chunk * n), which takes seconds beyond a few thousand nodes --
+    name the coordinator there.
+    """
+    nodes = sorted(g, key=_node_key)
+    if nx.is_tree(g):
+        totals = _tree_distance_totals(g, nodes[0])
+        return min(nodes, key=lambda x: totals[x])  # min keeps the first of equal totals
+    adjacency = nx.to_scipy_sparse_array(g, nodelist=nodes, format="csr")
+    sums = np.empty(len(nodes))
+    for start in range(0, len(nodes), chunk):
+        sources = np.arange(start, min(start + chunk, len(nodes)))
+        dist = shortest_path(adjacency, directed=False, unweighted=True, indices=sources)
+        sums[sources] = dist.sum(axis=1)
+    return nodes[int(np.argmin(sums))]  # argmin keeps the first of equal totals
+
+
+def _tree_distance_totals(g: nx.Graph, root: Hashable) -> dict[Hashable, int]:
+    """Sum of hop distances from every node of a tree, by re-rooting from ``root``.
+
+    Moving the root from a parent to its child brings the child's subtree one
+    hop closer and the other nodes one hop further: S(c) = S(p) + n - 2 size(c).
+    """
+    parent, depth, order = {root: None}, {root: 0}, [root]
+    for u, v in nx.bfs_edges(g, root):
+        parent[v], depth[v] = u, depth[u] + 1
+        order.append(v)
+    size = dict.fromkeys(order, 1)
+    for v in reversed(order[1:]):
+        size[parent[v]] += size[v]
+    n = len(order)
+    totals = {root: sum(depth.values())}
+    for v in order[1:]:
+        totals[v] = totals[parent[v]] + n - 2 * size[v]
+    return totals
+
+
+def _default_learner_nodes(g: nx.Graph, coordinator: Hashable) -> list[Hashable]:
+    others = sorted((x for x in g if x != coordinator), key=_node_key)
+    leaves = [x for x in others if g.degree(x) == 1]
+    return leaves or others or [coordinator]
+
+
+def _node_key(node: Hashable) -> tuple[str, Any]:
+    """Sort key that orders ints numerically and never compares unlike types."""
+    if isinstance(node, (int, np.integer)) and not isinstance(node, bool):
+        return ("", int(node))
+    return (type(node).__name__, str(node))
