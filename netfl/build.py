@@ -67,8 +67,13 @@ def build_graph(scenario: Scenario, m: int, seed: int) -> tuple[nx.Graph, Any, l
     if isinstance(net.topology, TopologyFile):
         graph = topology.load_graph(net.topology.file)
     else:
-        n = net.topology.n or m + 1
-        graph = topology.generate(net.topology.generator, n, seed=seed, **net.topology.params)
+        params = dict(net.topology.params)
+        n = net.topology.n
+        if net.topology.generator == "hierarchy" and n is None:
+            params.setdefault("leaves", m)  # one access node per learner
+        elif n is None:
+            n = m + 1  # the coordinator's node plus one per learner
+        graph = topology.generate(net.topology.generator, n, seed=seed, **params)
     overrides = [o.model_dump(exclude_none=True) for o in net.links]
     graph = topology.configure_links(
         graph, bandwidth=net.bandwidth, latency=net.latency, loss=net.loss, overrides=overrides

@@ -155,6 +155,33 @@ def test_routing_ties_on_latency_go_to_fewer_hops():
     assert net.path(1, 0) == [1, 0]
 
 
+@pytest.mark.parametrize("placement", [{}, {C: 5}, {C: 0}])
+def test_routing_ties_go_to_fewer_hops_between_distant_nodes(placement):
+    g = nx.Graph()
+    for u, v, lat in [(0, 2, 0.25), (2, 3, 0.25), (3, 5, 0.25), (0, 1, 0.25), (1, 5, 0.5)]:
+        g.add_edge(u, v, bandwidth=1e6, latency=lat)
+    _, net = network(g, placement)
+    assert net.path(5, 0) == [5, 1, 0]
+    assert net.path(0, 5) == [0, 1, 5]
+    assert net.path(2, 5) == [2, 3, 5]
+
+
+@pytest.mark.parametrize("hub", [None, 3])
+def test_routes_are_lowest_latency_then_fewest_hops_on_a_random_graph(hub):
+    g = generate("erdos_renyi", 25, p=0.2, seed=4)
+    rng = np.random.default_rng(0)
+    for u, v in g.edges:  # few distinct, exactly representable latencies: many ties
+        g.edges[u, v].update(bandwidth=1e6, latency=float(rng.choice([0.25, 0.5, 0.75])))
+    _, net = network(g, {} if hub is None else {C: hub})
+    for a in g:
+        for b in g:
+            nodes = net.path(a, b)
+            best = list(nx.all_shortest_paths(g, a, b, weight="latency"))
+            assert nx.path_weight(g, nodes, "latency") == nx.path_weight(g, best[0], "latency")
+            assert len(nodes) == min(len(p) for p in best)
+            assert nodes == net.path(b, a)[::-1]
+
+
 def test_routing_equal_paths_are_deterministic_and_symmetric():
     g = configure_links(generate("ring", 6, seed=0), bandwidth=1e6, latency=0.01)
     _, net1 = network(g, {C: 0})
@@ -293,6 +320,8 @@ def test_disconnected_graph_has_no_route():
     _, net = network(g, {0: 0, C: 6})
     with pytest.raises(ValueError, match="disconnected"):
         net.send(msg(0, C, 10))
+    with pytest.raises(ValueError, match="no route between nodes 1 and 5"):
+        net.path(1, 5)
 
 
 def test_bad_link_attributes_are_named():

@@ -14,6 +14,11 @@ whose callback moves the message on, and delivery triggers the plain event
 that :meth:`Network.send` returned. Arrivals that happen at the same instant
 are collected and served in send order by one low-priority flush event, which
 keeps FIFO order exact without a process per link.
+
+Routes minimise total latency, then hops; they are symmetric (a reply retraces
+its request) and cached per node pair. Routes from the coordinator's node come
+from one shortest-path tree computed in scipy, so thousands of learners cost
+one Dijkstra.
 """
 
 from __future__ import annotations
@@ -28,12 +33,16 @@ from typing import Any
 import networkx as nx
 import numpy as np
 import simpy
+from scipy.sparse import csr_array
+from scipy.sparse.csgraph import breadth_first_order, dijkstra
 from simpy.events import NORMAL
 
 COORDINATOR = "coordinator"
 
 # Same-instant arrivals are flushed after every normal event of that instant.
 _AFTER_NORMAL = NORMAL + 1
+# Shortest-path trees kept for sources other than the coordinator's node, in node entries.
+_TREE_ENTRIES = 1 << 24
 
 
 @dataclass(slots=True)
@@ -122,13 +131,18 @@ class Network:
         self.rng = rng
         self.retransmit_timeout = float(retransmit_timeout)
         self._links = _read_links(graph)
-        self._adjacency = {u: sorted(graph[u], key=_node_key) for u in graph}
+        self._nodes = sorted(graph, key=_node_key)
+        self._index = {node: i for i, node in enumerate(self._nodes)}
+        self._latency = _latency_matrix(self._links, self._index)
+        self._adjacency = {
+            u: [(v, self._links[u, v]) for v in sorted(graph[u], key=_node_key)] for u in graph
+        }
         self.placement = dict(placement)
         for endpoint, node in self.placement.items():
             if node not in graph:
                 raise ValueError(f"endpoint {endpoint!r} is placed on unknown node {node!r}")
         self._routes: dict[tuple[Hashable, Hashable], tuple[_Link, ...]] = {}
-        self._trees: dict[Hashable, dict[Hashable, Hashable]] = {}
+        self._trees: dict[Hashable, np.ndarray] = {}
         self._endpoint_routes: dict[tuple[Hashable, Hashable], tuple[_Link, ...]] = {}
         self._hubs = {self.placement[COORDINATOR]} if COORDINATOR in self.placement else set()
         self._pending: list[_Transit] = []
@@ -296,12 +310,13 @@ class Network:
         """Route a <-> b, cached both ways so that a reply retraces the request.
 
         Routes touching the coordinator's node come from one shortest-path tree
-        grown from it (so m learners cost one Dijkstra, not m); other routes from
-        a search between the pair, started at the endpoint that sorts first so
-        that the result does not depend on which direction was asked first.
+        grown from it (m learners cost one tree, not m). Between neighbours a
+        local search bounded by the direct link's latency suffices (gossip).
+        Other routes come from a tree grown from the endpoint that sorts first,
+        so that a route never depends on which direction was asked first.
         """
         for node in (a, b):
-            if node not in self.graph:
+            if node not in self._index:
                 raise ValueError(f"unknown node {node!r}")
         if b in self._hubs and a not in self._hubs:
             source, other = b, a
@@ -309,29 +324,44 @@ class Network:
             source, other = a, b
         else:
             source, other = b, a
-        if source in self._hubs:
-            if source not in self._trees:
-                self._trees[source] = self._dijkstra(source)
-            parents = self._trees[source]
+        if source not in self._hubs and (source, other) in self._links:
+            nodes = self._local_path(source, other)
         else:
-            parents = self._dijkstra(source, target=other)
-        if other not in parents:
+            nodes = self._tree_path(source, other)
+        if nodes is None:
             raise ValueError(f"no route between nodes {a!r} and {b!r}: the network is disconnected")
-        nodes = [other]
-        while nodes[-1] != source:
-            nodes.append(parents[nodes[-1]])
-        if source == a:
+        if source != a:
             nodes.reverse()
         forward = tuple(self._links[u, v] for u, v in itertools.pairwise(nodes))
         backward = tuple(self._links[v, u] for u, v in reversed(list(itertools.pairwise(nodes))))
         self._routes[a, b], self._routes[b, a] = forward, backward
         return forward
 
-    def _dijkstra(self, source: Hashable, target: Hashable = None) -> dict[Hashable, Hashable]:
-        """Parent of each settled node on lowest (latency, hops) paths from ``source``.
+    def _tree_path(self, source: Hashable, target: Hashable) -> list[Hashable] | None:
+        """Nodes from ``source`` to ``target`` in the (cached) tree grown from ``source``."""
+        parents = self._trees.get(source)
+        if parents is None:
+            parents = _shortest_path_tree(self._latency, self._index[source])
+            others = [node for node in self._trees if node not in self._hubs]
+            if len(others) >= max(1, _TREE_ENTRIES // len(self._nodes)):
+                del self._trees[others[0]]
+            self._trees[source] = parents
+        i, stop = self._index[target], self._index[source]
+        nodes = [target]
+        while i != stop:
+            i = int(parents[i])
+            if i < 0:
+                return None
+            nodes.append(self._nodes[i])
+        nodes.reverse()
+        return nodes
 
-        Neighbours are visited in sorted order and the first of equal paths is kept,
-        so ties are broken the same way every time. Stops once ``target`` settles.
+    def _local_path(self, source: Hashable, target: Hashable) -> list[Hashable]:
+        """Lowest (latency, hops) path to a neighbour: Dijkstra that stops at ``target``.
+
+        Only nodes closer than the direct link are explored, so it costs little
+        on any graph size. Neighbours are visited in sorted order and the first
+        of equal paths is kept.
         """
         parents: dict[Hashable, Hashable] = {}
         best: dict[Hashable, tuple[float, int]] = {source: (0.0, 0)}
@@ -344,14 +374,48 @@ class Network:
             parents[node] = parent
             if node == target:
                 break
-            for nbr in self._adjacency[node]:
-                if nbr in parents:
-                    continue
-                cost = (latency + self._links[node, nbr].latency, hops + 1)
-                if nbr not in best or cost < best[nbr]:
+            for nbr, link in self._adjacency[node]:
+                cost = (latency + link.latency, hops + 1)
+                if nbr not in parents and (nbr not in best or cost < best[nbr]):
                     best[nbr] = cost
                     heapq.heappush(heap, (*cost, next(order), nbr, node))
-        return parents
+        nodes = [target]
+        while nodes[-1] != source:
+            nodes.append(parents[nodes[-1]])
+        nodes.reverse()
+        return nodes
+
+
+def _latency_matrix(
+    links: dict[tuple[Hashable, Hashable], _Link], index: dict[Hashable, int]
+) -> csr_array:
+    """Directed link latencies as a sparse matrix over node indices (zeros are links too)."""
+    rows = np.array([index[u] for u, _ in links], dtype=np.int64)
+    cols = np.array([index[v] for _, v in links], dtype=np.int64)
+    data = np.array([link.latency for link in links.values()], dtype=float)
+    n = len(index)
+    return csr_array((data, (rows, cols)), shape=(n, n))
+
+
+def _shortest_path_tree(latency: csr_array, source: int, limit: float = np.inf) -> np.ndarray:
+    """Predecessor of each node on its lowest (latency, hops) path from ``source``.
+
+    Dijkstra (in scipy) gives each node's lowest total latency; the links on
+    some lowest-latency path (``dist[u] + latency == dist[v]``, exactly as
+    Dijkstra added them) form a subgraph in which a breadth-first search finds
+    the fewest hops, ties going to the first node in sorted order. Negative
+    entries mark the source and nodes that are unreachable or beyond ``limit``.
+    """
+    dist = dijkstra(latency, directed=True, indices=source, limit=limit)
+    n = latency.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(latency.indptr))
+    tight = dist[rows] + latency.data == dist[latency.indices]  # inf == inf: both out of reach
+    indptr = np.zeros(n + 1, dtype=latency.indptr.dtype)
+    np.cumsum(np.bincount(rows[tight], minlength=n), out=indptr[1:])
+    indices = latency.indices[tight]
+    on_path = csr_array((np.ones(len(indices)), indices, indptr), shape=(n, n))
+    _, parents = breadth_first_order(on_path, source, directed=True, return_predecessors=True)
+    return parents
 
 
 def _seq_of(transit: _Transit) -> int:
