@@ -1,4 +1,4 @@
-"""Command line: `netfl run`, `netfl validate`.
+"""Command line: `netfl run`, `netfl validate`, `netfl plot`.
 
 Errors a user can cause print one line naming the key or file and exit 2;
 anything else is a bug and keeps its traceback.
@@ -21,10 +21,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Exception types that mean 'fix your input', gathered lazily to keep start-up light."""
     from netfl.data.datasets import DataError
     from netfl.learning.models import ModelError
+    from netfl.plots import PlotError
     from netfl.results import OutputError
     from netfl.sim.topology import TopologyError
 
-    return (scenario_mod.ScenarioError, DataError, ModelError, OutputError, TopologyError)
+    return (scenario_mod.ScenarioError, DataError, ModelError, OutputError, TopologyError,
+            PlotError)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -40,6 +42,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     summary = run(scenario, args.out, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
     return 0 if summary["status"] == "completed" else 130
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from netfl.plots import plot_runs
+
+    for path in plot_runs(args.runs, args.out):
+        print(path)
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -62,6 +72,11 @@ def parser() -> argparse.ArgumentParser:
     p_val = sub.add_parser("validate", help="print the resolved scenario or its errors")
     scenario_args(p_val)
     p_val.set_defaults(func=_cmd_validate)
+
+    p_plot = sub.add_parser("plot", help="PNG figures from one or more run directories")
+    p_plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p_plot.add_argument("--out", help="directory for tradeoff.png (default: beside the runs)")
+    p_plot.set_defaults(func=_cmd_plot)
     return top
 
 

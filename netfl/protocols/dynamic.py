@@ -146,6 +146,8 @@ class Dynamic(Protocol):
     def _query(self, models: dict[int, torch.Tensor], added: list[int]):
         """Request the models of `added` and wait for every reply; late violations join B."""
         sim = self.sim
+        if not added:
+            return
         self.replies = {i: sim.env.event() for i in added}
         for learner in added:
             request = sim.send("request", COORDINATOR, learner, 0, b"")
