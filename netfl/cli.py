@@ -1,4 +1,4 @@
-"""Command line: `netfl run`, `netfl validate`, `netfl plot`.
+"""Command line: `netfl run`, `netfl validate`, `netfl sweep`, `netfl plot`.
 
 Errors a user can cause print one line naming the key or file and exit 2;
 anything else is a bug and keeps its traceback.
@@ -44,6 +44,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if summary["status"] == "completed" else 130
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import time
+
+    from netfl import sweep
+    from netfl.results import prepare_run_dir
+
+    scenarios = sweep.load(args.file, args.set)
+    if args.dry_run:
+        for s in scenarios:
+            print(f"{s.name}: {s.protocol.name} {sweep.setting(s)}")
+        return 0
+    out = prepare_run_dir(args.out or f"runs/sweeps/{scenarios[0].name.split('-')[0]}-"
+                          f"{time.strftime('%Y%m%d-%H%M%S')}", "sweep")
+    rows = sweep.run_sweep(scenarios, out, progress=not args.quiet)
+    print(sweep.format_table(rows))
+    print(f"table: {out / 'sweep.csv'}")
+    return 0 if all(r["status"] == "completed" for r in rows) else 130
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from netfl.plots import plot_runs
 
@@ -72,6 +91,13 @@ def parser() -> argparse.ArgumentParser:
     p_val = sub.add_parser("validate", help="print the resolved scenario or its errors")
     scenario_args(p_val)
     p_val.set_defaults(func=_cmd_validate)
+
+    p_sweep = sub.add_parser("sweep", help="run every setting of a sweep file, print one table")
+    scenario_args(p_sweep)
+    p_sweep.add_argument("--out", help="directory for the runs and sweep.csv")
+    p_sweep.add_argument("--quiet", action="store_true", help="no progress bars")
+    p_sweep.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    p_sweep.set_defaults(func=_cmd_sweep)
 
     p_plot = sub.add_parser("plot", help="PNG figures from one or more run directories")
     p_plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
