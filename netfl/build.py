@@ -16,21 +16,22 @@ import numpy as np
 import simpy
 import torch
 
-from netfl.data.datasets import Dataset, load_dataset
+from netfl.data.datasets import load_dataset
+from netfl.data.drift import DriftSchedule, make_source
 from netfl.data.partition import partition
-from netfl.data.sources import DatasetSource
+from netfl.data.sources import BatchSource, DatasetSource
 from netfl.data.streams import SampleStream
 from netfl.learning.bank import LearnerBank
 from netfl.learning.models import build_model
 from netfl.protocols import PROTOCOLS
 from netfl.protocols.dynamic import Dynamic
 from netfl.protocols.fedavg import FedAvg
-from netfl.scenario import ComputeTime, Scenario, ScenarioError, TopologyFile
+from netfl.scenario import DRIFTING, ComputeTime, Scenario, ScenarioError, TopologyFile
 from netfl.sim import topology
 from netfl.sim.engine import COORDINATOR, Simulation
 from netfl.sim.network import Network
 
-SEED_STREAMS = ("data", "init", "stream", "network", "protocol", "compute")
+SEED_STREAMS = ("data", "init", "stream", "network", "protocol", "compute", "drift")
 
 
 def seeds(root: int) -> dict[str, int]:
@@ -84,26 +85,27 @@ def build_graph(scenario: Scenario, m: int, seed: int) -> tuple[nx.Graph, Any, l
     return graph, coordinator, nodes
 
 
-@dataclass
-class Built:
-    simulation: Simulation
-    dataset: Dataset
-    graph: nx.Graph
-    device: torch.device
-
-
-def build(
-    scenario: Scenario,
-    *,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
-    on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-) -> Built:
-    seed = seeds(scenario.seed)
-    device = resolve_device(scenario.device)
-    m = scenario.learners.count
-    serial = scenario.protocol.name == "serial"
-
-    data = scenario.data
+def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device):
+    """The batch source: a fixed dataset through index streams, or a drifting stream."""
+    data, m = scenario.data, scenario.learners.count
+    evaluation = scenario.eval
+    if data.dataset in DRIFTING:
+        drift = data.drift
+        schedule = DriftSchedule(
+            drift.mode, rounds=[r - 1 for r in drift.rounds], p=drift.p, seed=seed["drift"],
+            kind=drift.kind, width=drift.width, pool=drift.pool,
+        )
+        params = dict(data.params)
+        if data.dataset == "digits_permuted":
+            digits = load_dataset("digits", seed=seed["data"], test_fraction=data.test_fraction)
+            params.setdefault("dataset", digits)
+            params.setdefault("parts", partition(
+                digits.y_train.numpy(), m, data.partition, seed=seed["data"], alpha=data.alpha,
+                groups=data.groups))
+            params.setdefault("eval_on", evaluation.on)
+            params.setdefault("max_eval", evaluation.max_samples)
+        return make_source(data.dataset, m=m, batch_size=data.batch_size, seed=seed["stream"],
+                           device=device, schedule=schedule, **params)
     dataset = load_dataset(
         data.dataset, seed=seed["data"], test_fraction=data.test_fraction, root=data.root,
         **data.params,
@@ -113,10 +115,34 @@ def build(
         groups=data.groups,
     )
     stream = SampleStream(parts, data.batch_size, seed=seed["stream"], device=device)
+    return DatasetSource(dataset, stream, eval_on=evaluation.on, max_eval=evaluation.max_samples)
+
+
+@dataclass
+class Built:
+    simulation: Simulation
+    source: BatchSource
+    graph: nx.Graph
+    device: torch.device
+
+
+def build(
+    scenario: Scenario,
+    *,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> Built:
+    seed = seeds(scenario.seed)
+    device = resolve_device(scenario.device)
+    m = scenario.learners.count
+    serial = scenario.protocol.name == "serial"
+
+    source = build_source(scenario, seed, device)
 
     spec = scenario.model
     model = build_model(
-        spec.kind, dataset.input_shape, dataset.num_classes, hidden=spec.hidden,
+        spec.kind, source.input_shape, source.num_classes, hidden=spec.hidden,
         activation=spec.activation,
     )
     opt = scenario.optimizer
@@ -148,8 +174,6 @@ def build(
         return protocol_cls(sim, scenario.protocol)
 
     evaluation = scenario.eval
-    source = DatasetSource(dataset, stream, eval_on=evaluation.on,
-                           max_eval=evaluation.max_samples)
 
     simulation = Simulation(
         env=env, network=network, bank=bank, source=source,
@@ -157,6 +181,7 @@ def build(
         horizon_rounds=scenario.horizon.rounds, horizon_time=scenario.horizon.sim_time,
         eval_every=evaluation.every,
         eval_local=evaluation.local and not serial, on_round=on_round, on_learners=on_learners,
+        on_event=on_event,
         batches_per_step=m if serial else 1,
     )
-    return Built(simulation, dataset, graph, device)
+    return Built(simulation, source, graph, device)

@@ -17,9 +17,11 @@ import yaml
 
 ROUND_COLUMNS = [
     "round", "sim_time_s", "loss", "samples", "cumulative_loss", "bytes_up", "bytes_down",
-    "bytes_total", "messages", "syncs", "divergence", "acc_mean_model", "acc_local_mean",
+    "bytes_total", "messages", "syncs", "drifts", "divergence", "acc_mean_model",
+    "acc_local_mean",
 ]
 LEARNER_COLUMNS = ["round", "learner", "sim_time_s", "loss"]
+EVENT_COLUMNS = ["round", "sim_time_s", "event", "kind", "concept_from", "concept_to"]
 SUMMARY_KEYS = [
     "status", "rounds", "learners", "cumulative_loss", "bytes_up", "bytes_down", "bytes_total",
     "messages", "sim_time_s", "wall_time_s", "final_accuracy", "seed",

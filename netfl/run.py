@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from netfl.build import build
-from netfl.results import LEARNER_COLUMNS, Recorder, prepare_run_dir
+from netfl.results import EVENT_COLUMNS, LEARNER_COLUMNS, Recorder, prepare_run_dir
 from netfl.scenario import Scenario
 
 
@@ -47,9 +47,12 @@ def run(scenario: Scenario, out: str | None = None, *, progress: bool = True) ->
                 for i, r, v in zip(learners, rounds, loss)
             ])
 
+    def on_event(row: dict[str, Any]) -> None:
+        recorder.rows("events", EVENT_COLUMNS, [row])
+
     started = time.perf_counter()
     try:
-        built = build(scenario, on_round=on_round, on_learners=on_learners)
+        built = build(scenario, on_round=on_round, on_learners=on_learners, on_event=on_event)
     except BaseException:
         bar.close()
         run_dir.rmdir()  # nothing was written yet; leave no empty run behind
@@ -85,6 +88,7 @@ def summarize(sim, scenario: Scenario, status: str, wall: float) -> dict[str, An
         "bytes_total": net.bytes_total,
         "messages": net.messages,
         "syncs": sim.counters["syncs"],
+        "drifts": sim.counters["drifts"],
         "sim_time_s": sim.env.now,
         "wall_time_s": wall,
         "final_accuracy": final.get("acc_mean_model"),

@@ -131,8 +131,34 @@ class LearnersConfig(Section):
 # ------------------------------------------------------------------------ data
 
 
+class DriftConfig(Section):
+    """When the concept changes. Rounds are 1-based, as in metrics.csv: the first round
+    that sees the new concept."""
+
+    mode: Literal["none", "at", "random"] = "none"
+    rounds: list[Annotated[int, Field(ge=2)]] = Field(default_factory=list)
+    p: float = Field(default=0.0, ge=0, le=1, description="drift probability per round")
+    kind: Literal["sudden", "gradual", "recurring"] = "sudden"
+    width: int = Field(default=10, ge=1, description="rounds a gradual drift takes")
+    pool: int = Field(default=2, ge=2, description="concepts a recurring drift cycles through")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DriftConfig:
+        if self.mode == "at" and not self.rounds:
+            raise ValueError("mode 'at' needs rounds: [..]")
+        if self.mode == "random" and self.p <= 0:
+            raise ValueError("mode 'random' needs p > 0")
+        return self
+
+
+DRIFTING = ("graphical", "digits_permuted", "teacher_student")
+
+
 class DataConfig(Section):
-    dataset: Literal["digits", "gaussian_mixture", "mnist", "cifar10"] = "digits"
+    dataset: Literal[
+        "digits", "gaussian_mixture", "mnist", "cifar10",
+        "graphical", "digits_permuted", "teacher_student",
+    ] = "digits"
     root: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
@@ -140,11 +166,15 @@ class DataConfig(Section):
     alpha: float = Field(default=0.5, gt=0)
     groups: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=10, ge=1)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @model_validator(mode="after")
     def _root_for_files(self) -> DataConfig:
         if self.dataset in ("mnist", "cifar10") and not self.root:
             raise ValueError(f"dataset {self.dataset} reads local files: set data.root")
+        if self.drift.mode != "none" and self.dataset not in DRIFTING:
+            raise ValueError(f"drift needs a drifting dataset ({', '.join(DRIFTING)}), "
+                             f"got {self.dataset}")
         return self
 
 

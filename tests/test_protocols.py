@@ -31,7 +31,7 @@ def test_continuous_averaging_equals_serial_minibatch_sgd(tiny):
     built = build(s)
     sim = built.simulation
     serial = LearnerBank(
-        build_model("mlp", built.dataset.input_shape, built.dataset.num_classes, hidden=[16]),
+        build_model("mlp", built.source.input_shape, built.source.num_classes, hidden=[16]),
         1, optimizer="sgd", lr=lr / m, reduction="sum", seed=0,
     )
     serial.assign(torch.tensor([0]), sim.bank.mean())  # same start as every learner

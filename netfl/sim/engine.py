@@ -76,6 +76,7 @@ class Simulation:
         eval_local: bool,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        on_event: Callable[[dict[str, Any]], None] | None = None,
         batches_per_step: int = 1,
     ) -> None:
         self.env = env
@@ -94,6 +95,8 @@ class Simulation:
         self.eval_local = eval_local
         self.on_round = on_round
         self.on_learners = on_learners
+        self.on_event = on_event
+        self.events: list[dict[str, Any]] = []
 
         self.due = self.durations.copy()  # tick at which each learner's current step completes
         self.rounds_done = np.zeros(self.m, dtype=np.int64)
@@ -103,7 +106,7 @@ class Simulation:
         self.rows_emitted = 0
         self.cumulative_loss = 0.0
         self.last_row: dict[str, Any] = {}
-        self.counters: dict[str, int] = {"syncs": 0}
+        self.counters: dict[str, int] = {"syncs": 0, "drifts": 0}
         self._pending: dict[int, tuple[Any, list[int]]] = {}
         self._decoded: dict[int, torch.Tensor] = {}
         self._wake = env.event()
@@ -240,7 +243,22 @@ class Simulation:
             self._emit(self.rows_emitted)
             self.rows_emitted += 1
 
+    def _record_drifts(self, r: int) -> None:
+        """Drifts whose first round is r+1 (0-based): they start as round r ends."""
+        events = getattr(self.source, "events", None)
+        if events is None:
+            return
+        for event in events(r + 1)[self.counters["drifts"]:]:
+            row = {"round": event.round + 1, "sim_time_s": round(self.env.now, 9),
+                   "event": "drift", "kind": event.kind, "concept_from": event.concept_from,
+                   "concept_to": event.concept_to}
+            self.counters["drifts"] += 1
+            self.events.append(row)
+            if self.on_event is not None:
+                self.on_event(row)
+
     def _emit(self, r: int) -> None:
+        self._record_drifts(r)
         loss = float(self.log.loss[r])
         self.cumulative_loss += loss
         net = self.network
