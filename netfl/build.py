@@ -16,6 +16,8 @@ import numpy as np
 import simpy
 import torch
 
+from netfl import compression
+from netfl.compression import Codec
 from netfl.data.datasets import load_dataset
 from netfl.data.drift import DriftSchedule, make_source
 from netfl.data.partition import partition
@@ -83,6 +85,21 @@ def build_graph(scenario: Scenario, m: int, seed: int) -> tuple[nx.Graph, Any, l
         graph, m, coordinator=net.coordinator, learners=net.placement
     )
     return graph, coordinator, nodes
+
+
+def build_codecs(scenario: Scenario) -> tuple[Codec | None, Codec | None]:
+    """The uplink and downlink codecs; a bad codec parameter names its scenario key."""
+    codecs = []
+    for direction in ("uplink", "downlink"):
+        config = getattr(scenario.compression, direction)
+        if config is None:
+            codecs.append(None)
+            continue
+        try:
+            codecs.append(compression.get(config.name, **config.params()))
+        except compression.CodecError as exc:
+            raise ScenarioError(f"compression.{direction}: {exc}") from None
+    return codecs[0], codecs[1]
 
 
 def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device):
@@ -174,6 +191,9 @@ def build(
         return protocol_cls(sim, scenario.protocol)
 
     evaluation = scenario.eval
+    uplink, downlink = build_codecs(scenario)
+    if serial and (uplink or downlink):
+        raise ScenarioError("compression: the serial protocol sends samples, not models")
 
     simulation = Simulation(
         env=env, network=network, bank=bank, source=source,
@@ -181,7 +201,7 @@ def build(
         horizon_rounds=scenario.horizon.rounds, horizon_time=scenario.horizon.sim_time,
         eval_every=evaluation.every,
         eval_local=evaluation.local and not serial, on_round=on_round, on_learners=on_learners,
-        on_event=on_event,
+        on_event=on_event, uplink=uplink, downlink=downlink,
         batches_per_step=m if serial else 1,
     )
     return Built(simulation, source, graph, device)

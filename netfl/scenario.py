@@ -162,7 +162,7 @@ class DataConfig(Section):
     root: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
-    partition: Literal["iid", "classes", "dirichlet"] = "iid"
+    partition: Literal["iid", "classes", "dirichlet", "shared"] = "iid"
     alpha: float = Field(default=0.5, gt=0)
     groups: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=10, ge=1)
@@ -239,6 +239,31 @@ ProtocolConfig = Annotated[
 ]
 
 
+# ----------------------------------------------------------------- compression
+
+
+class CodecConfig(BaseModel):
+    """A codec by name with its own parameters (checked by netfl.compression when built)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class CompressionConfig(Section):
+    """Codecs for models sent up to and down from the coordinator; null sends full models."""
+
+    uplink: CodecConfig | None = None
+    downlink: CodecConfig | None = None
+
+    @field_validator("uplink", "downlink", mode="before")
+    @classmethod
+    def _name_shorthand(cls, value: object) -> object:
+        return {"name": value} if isinstance(value, str) else value
+
+
 # -------------------------------------------------------------- run settings
 
 
@@ -275,6 +300,7 @@ class Scenario(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     protocol: ProtocolConfig = Field(default_factory=lambda: Periodic(name="periodic"))
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
     horizon: HorizonConfig = Field(default_factory=HorizonConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

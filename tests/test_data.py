@@ -450,3 +450,15 @@ def test_stream_errors() -> None:
         stream.indices(torch.tensor([0]), torch.tensor([-1]))
     with pytest.raises(DataError, match="round"):
         stream.indices_all(-1)
+
+
+def test_shared_partition_gives_every_learner_the_whole_set():
+    from netfl.data.partition import partition
+    from netfl.data.streams import SampleStream
+
+    labels = np.arange(30) % 3
+    parts = partition(labels, 4, "shared", seed=0)
+    assert all(np.array_equal(p, np.arange(30)) for p in parts)
+    stream = SampleStream(parts, 5, seed=1)
+    first = stream.indices_all(0)
+    assert not torch.equal(first[0], first[1])  # each learner its own order

@@ -62,7 +62,7 @@ def test_periodic_bytes_messages_and_timing(tiny):
 
 def test_charged_bytes_equal_encoding_length(tiny):
     sim = run_sim(tiny(protocol={"name": "periodic", "b": 10}, horizon={"rounds": 10}))
-    payload = sim.encode_models(np.array([0]))[0]
+    payload = sim.protocol.channel.encode_up(np.array([0]), sim.bank.flat()[:1])[0]
     assert len(payload) == 4 + 4 * sim.bank.num_params
     assert sim.network.bytes_by_kind["model"] == 4 * (wire.HEADER_BYTES + len(payload))
     torch.testing.assert_close(wire.decode_vector(payload), sim.bank.flat()[0])

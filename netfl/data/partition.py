@@ -13,7 +13,7 @@ import numpy as np
 
 from netfl.data.datasets import DataError
 
-SCHEMES = ("iid", "classes", "dirichlet")
+SCHEMES = ("iid", "classes", "dirichlet", "shared")
 MAX_DIRICHLET_DRAWS = 1000
 
 
@@ -39,6 +39,10 @@ def partition(
       gives few classes per learner, large ``alpha`` approaches iid. Redrawn (at most
       ``MAX_DIRICHLET_DRAWS`` times) until every learner holds ``>= min_size`` samples.
 
+    - ``shared``: every learner draws from the whole training set (its own shuffled epochs),
+      seed 004's setting of m learners sampling iid from one distribution P_t; with few
+      samples per learner, disjoint shards would make the online loss a memorization test.
+
     Every scheme fails with DataError if some learner would hold fewer than ``min_size``.
     """
     y = _labels(labels)
@@ -56,6 +60,9 @@ def partition(
         raise DataError(f"seed: must be a non-negative integer, got {seed!r}")
     rng = np.random.default_rng(int(seed))
 
+    if scheme == "shared":
+        everything = np.arange(n, dtype=np.int64)
+        return [everything for _ in range(m)]
     if scheme == "iid":
         owner = _iid_owner(n, m, rng)
     elif scheme == "classes":

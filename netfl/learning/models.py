@@ -206,7 +206,7 @@ def build_model(
             widths = [120, 84] if widths is None else widths
             model = CNN(tuple(shape), num_classes, widths, activation)
     model.to_empty(device="cpu")
-    init_parameters(model, torch.Generator().manual_seed(seed))
+    init_parameters(model, torch.Generator().manual_seed(int(seed) % 2**64))
     return model
 
 

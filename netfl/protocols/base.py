@@ -49,6 +49,7 @@ class StarAveraging(Protocol):
         self.inbox: dict[int, list[bytes]] = {}
         self.expected: dict[int, int] = {}
         self.received = np.zeros(sim.m, dtype=np.int64)  # latest round whose average arrived
+        self.channel = sim.make_channel(seed=getattr(config, "b", 0))
 
     def syncs_at(self, rnd: int) -> bool:
         raise NotImplementedError
@@ -74,7 +75,8 @@ class StarAveraging(Protocol):
             self.expected.setdefault(rnd, len(self.uploaders(rnd)))
             if not len(senders):
                 continue
-            for learner, payload in zip(senders, self.sim.encode_models(senders)):
+            models = self.sim.bank.flat(self.sim.index(senders))
+            for learner, payload in zip(senders, self.channel.encode_up(senders, models)):
                 event = self.sim.send("model", int(learner), COORDINATOR, rnd, payload)
                 event.callbacks.append(self._on_model)
 
@@ -86,17 +88,18 @@ class StarAveraging(Protocol):
             self._aggregate(msg.round)
 
     def _aggregate(self, rnd: int) -> None:
-        models = self.sim.decode(self.inbox.pop(rnd))
+        models = self.channel.decode_up(self.inbox.pop(rnd))
         del self.expected[rnd]
-        (payload,) = self.sim.encode(models.mean(dim=0, keepdim=True))
+        payload, version = self.channel.encode_down(models.mean(dim=0))
         self.sim.counters["syncs"] += 1
         for learner in self.receivers(rnd):
             event = self.sim.send("broadcast", COORDINATOR, int(learner), rnd, payload)
-            event.callbacks.append(self._on_average)
+            event.callbacks.append(lambda ev, v=version: self._on_average(ev, v))
 
-    def _on_average(self, event: simpy.Event) -> None:
+    def _on_average(self, event: simpy.Event, version: int) -> None:
         msg = event.value
         self.received[msg.dst] = max(self.received[msg.dst], msg.round)
-        self.sim.deliver_model(msg.dst, msg.payload)
+        self.channel.received(msg.dst, version)
+        self.sim.deliver(msg.dst, self.channel.decode_down(msg.payload))
         if self.wait and self.sim.blocked[msg.dst]:
             self.sim.unblock(msg.dst)

@@ -62,13 +62,18 @@ class Dynamic(Protocol):
         super().__init__(sim, config)
         self.delta = float(config.delta)
         self.rng = np.random.default_rng(seed)
-        self.reference = sim.bank.flat(torch.tensor([0], device=sim.bank.device))[0].clone()
+        self.channel = sim.make_channel(seed=seed)  # its base is the reference model r
         self.violation_counter = 0
         self.inbox: simpy.Store = simpy.Store(sim.env)
         self.replies: dict[int, simpy.Event] = {}
         self.last_model_sent = np.full(sim.m, -np.inf)
         for name in COUNTERS:
             sim.counters[name] = 0
+
+    @property
+    def reference(self) -> torch.Tensor:
+        """The coordinator's reference model r (learners hold it once a sync reaches them)."""
+        return self.channel.bases[self.channel.version]
 
     def start(self) -> None:
         self.sim.env.process(self._coordinator())
@@ -81,13 +86,20 @@ class Dynamic(Protocol):
         if not len(check):
             return
         flat = sim.bank.flat(sim.index(check))
-        distance = ((flat - self.reference) ** 2).sum(dim=1).cpu().numpy()
-        violators = check[distance > self.delta]
+        versions = self.channel.learner_version[check]
+        if (versions == versions[0]).all():
+            references = self.channel.bases[int(versions[0])]
+        else:
+            references = torch.stack([self.channel.bases[int(v)] for v in versions])
+        distance = ((flat - references) ** 2).sum(dim=1).cpu().numpy()
+        violating = distance > self.delta
+        violators = check[violating]
         if not len(violators):
             return
         sim.block(violators)
         sim.counters["violations"] += len(violators)
-        for learner, payload in zip(violators, sim.encode(flat[distance > self.delta])):
+        payloads = self.channel.encode_up(violators, flat[torch.as_tensor(violating)])
+        for learner, payload in zip(violators, payloads):
             rnd = int(sim.rounds_done[learner])
             event = sim.send("violation", int(learner), COORDINATOR, rnd, payload)
             event.callbacks.append(lambda ev: self.inbox.put(ev.value))
@@ -98,15 +110,16 @@ class Dynamic(Protocol):
         learner = msg.dst
         self.sim.apply_pending()
         self.sim.block(np.array([learner]))
-        (payload,) = self.sim.encode_models(np.array([learner]))
+        model = self.sim.bank.flat(self.sim.index(np.array([learner])))
+        (payload,) = self.channel.encode_up(np.array([learner]), model)
         reply = self.sim.send("model", learner, COORDINATOR, msg.round, payload)
         reply.callbacks.append(lambda ev: self.replies[ev.value.src].succeed(ev.value))
 
-    def _on_model(self, event: simpy.Event) -> None:
+    def _on_model(self, event: simpy.Event, version: int) -> None:
         msg = event.value
-        self.sim.deliver_model(msg.dst, msg.payload)
         if msg.kind == "sync":
-            self.reference = self.sim.decode([msg.payload])[0]
+            self.channel.received(msg.dst, version)
+        self.sim.deliver(msg.dst, self.channel.decode_down(msg.payload))
         if self.sim.blocked[msg.dst]:
             self.sim.unblock(msg.dst)
 
@@ -136,7 +149,7 @@ class Dynamic(Protocol):
         fresh = [msg for msg in messages if msg.sent_at > self.last_model_sent[msg.src]]
         if not fresh:
             return {}
-        vectors = self.sim.decode([msg.payload for msg in fresh])
+        vectors = self.channel.decode_up([msg.payload for msg in fresh])
         return {msg.src: vec for msg, vec in zip(fresh, vectors)}
 
     def _too_far(self, models: dict[int, torch.Tensor], reference: torch.Tensor) -> bool:
@@ -154,7 +167,7 @@ class Dynamic(Protocol):
             request.callbacks.append(self._on_request)
         replies = yield sim.env.all_of(list(self.replies.values()))
         messages = [replies[event] for event in self.replies.values()]
-        vectors = sim.decode([msg.payload for msg in messages])
+        vectors = self.channel.decode_up([msg.payload for msg in messages])
         models.update({msg.src: vec for msg, vec in zip(messages, vectors)})
         late = self._collect([])
         self.violation_counter += len(late)
@@ -163,9 +176,9 @@ class Dynamic(Protocol):
     def _send_average(self, models: dict[int, torch.Tensor]) -> None:
         sim = self.sim
         members = sorted(models)
-        mean = torch.stack([models[i] for i in members]).mean(dim=0, keepdim=True)
-        (payload,) = sim.encode(mean)
+        mean = torch.stack([models[i] for i in members]).mean(dim=0)
         full = len(members) == sim.m
+        payload, version = self.channel.encode_down(mean, new_base=full)
         if full:
             self.violation_counter = 0
             sim.counters["full_syncs"] += 1
@@ -177,4 +190,4 @@ class Dynamic(Protocol):
         for learner in members:
             self.last_model_sent[learner] = sim.env.now
             event = sim.send(kind, COORDINATOR, learner, int(sim.rounds_done[learner]), payload)
-            event.callbacks.append(self._on_model)
+            event.callbacks.append(lambda ev, v=version: self._on_model(ev, v))

@@ -19,9 +19,11 @@ import simpy
 import torch
 
 from netfl.sim import wire
+from netfl.sim.channel import Channel
 from netfl.sim.network import Message, Network
 
 if TYPE_CHECKING:
+    from netfl.compression import Codec
     from netfl.data.sources import BatchSource
     from netfl.learning.bank import LearnerBank
     from netfl.protocols.base import Protocol
@@ -78,6 +80,8 @@ class Simulation:
         on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
         on_event: Callable[[dict[str, Any]], None] | None = None,
         batches_per_step: int = 1,
+        uplink: Codec | None = None,
+        downlink: Codec | None = None,
     ) -> None:
         self.env = env
         self.network = network
@@ -86,6 +90,7 @@ class Simulation:
         self.tick = tick
         self.m = bank.m
         self.batches_per_step = batches_per_step
+        self.uplink, self.downlink = uplink, downlink
         self.durations = durations.astype(np.int64)
         self.horizon_rounds = horizon_rounds
         self.horizon_ticks = (
@@ -96,6 +101,7 @@ class Simulation:
         self.on_round = on_round
         self.on_learners = on_learners
         self.on_event = on_event
+        self.observers: list[Callable[[Simulation, int], None]] = []  # probes: read, never write
         self.events: list[dict[str, Any]] = []
 
         self.due = self.durations.copy()  # tick at which each learner's current step completes
@@ -108,7 +114,6 @@ class Simulation:
         self.last_row: dict[str, Any] = {}
         self.counters: dict[str, int] = {"syncs": 0, "drifts": 0}
         self._pending: dict[int, tuple[Any, list[int]]] = {}
-        self._decoded: dict[int, torch.Tensor] = {}
         self._wake = env.event()
         self._all_idx = torch.arange(self.m, device=bank.device)
         self.protocol = protocol_factory(self)
@@ -120,22 +125,17 @@ class Simulation:
         msg = Message(kind, src, dst, int(rnd), payload, wire.message_size(payload))
         return self.network.send(msg)
 
-    def encode_models(self, learners: np.ndarray) -> list[bytes]:
-        return self.encode(self.bank.flat(self.index(learners)))
+    def make_channel(self, *, base: torch.Tensor | None = None, seed: int = 0) -> Channel:
+        """A model channel with this run's codecs (full float32 models when none are set)."""
+        return Channel(self.bank, uplink=self.uplink, downlink=self.downlink, base=base,
+                       seed=seed)
 
-    def encode(self, vectors: torch.Tensor) -> list[bytes]:
-        """Full-model payloads for the rows of a [k, P] tensor."""
-        return wire.encode_vectors(vectors)
-
-    def decode(self, payloads: list[bytes]) -> torch.Tensor:
-        return wire.decode_vectors(payloads, self.bank.device)
-
-    def deliver_model(self, learner: int, payload: bytes) -> None:
+    def deliver(self, learner: int, model: torch.Tensor) -> None:
         """Queue a received model; applied in one batched assign before the learner next steps."""
-        key = id(payload)
+        key = id(model)
         entry = self._pending.get(key)
         if entry is None:
-            self._pending[key] = (payload, [int(learner)])
+            self._pending[key] = (model, [int(learner)])
         else:
             entry[1].append(int(learner))
 
@@ -225,9 +225,8 @@ class Simulation:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
-        for payload, learners in pending.values():
-            vec = self.decode([payload])[0]
-            self.bank.assign(self.index(np.asarray(learners)), self.bank.unflatten(vec))
+        for model, learners in pending.values():
+            self.bank.assign(self.index(np.asarray(learners)), self.bank.unflatten(model))
 
     def index(self, learners: np.ndarray) -> torch.Tensor:
         """Bank index for learner ids, reusing one tensor when it is everyone in order."""
@@ -282,6 +281,8 @@ class Simulation:
         self.last_row = row
         if self.on_round is not None:
             self.on_round(row)
+        for observe in self.observers:
+            observe(self, r + 1)
 
     def evaluate(self) -> dict[str, float]:
         """Accuracy of the mean model and the mean accuracy of the local models."""
