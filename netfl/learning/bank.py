@@ -139,6 +139,7 @@ class LearnerBank:
         self.optimizer: Optimizer = make_optimizer(optimizer, self._plist(), **opts)
 
         self._train = vmap(grad(self._objective, has_aux=True))
+        self._scratch: dict[str, Tensor] | None = None
         self._forward_shared = vmap(self._forward, in_dims=(0, None, None))
         self._forward_each = vmap(self._forward, in_dims=(0, 0, None))
 
@@ -235,6 +236,11 @@ class LearnerBank:
         grads, (loss_sum, logits) = self._train(current, x, y)
         self.optimizer.update(self._plist(), [grads[n] for n in self.names], index)
         correct = (logits.argmax(-1) == y).sum(-1)
+        # Hold the gradients until the next step. Freed at once, they leave a large free
+        # block that glibc returns to the OS and faults back in on the next step (about
+        # twice the page faults of a plain loop, ~10% slower on CPU); held, the next
+        # step's allocations reuse the heap. Costs one gradient set of memory.
+        self._scratch = grads
         return StepResult(loss_sum=loss_sum, correct=correct)
 
     def reset_optimizer(self, idx: IndexLike = None) -> None:
@@ -317,7 +323,7 @@ class LearnerBank:
         total = torch.zeros(k, device=self.device, dtype=torch.float32)
         for n in self.names:
             d = (rows[n] - ref[n].to(self.device)).reshape(k, -1)
-            total += torch.linalg.vecdot(d, d)
+            total += (d * d).sum(dim=1)  # 3x faster than linalg.vecdot on CPU
         return total
 
     def divergence(self, idx: IndexLike = None) -> float:
