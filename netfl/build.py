@@ -8,7 +8,7 @@ seed so that adding a component never shifts another's random stream.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import networkx as nx
@@ -25,10 +25,19 @@ from netfl.data.sources import BatchSource, DatasetSource
 from netfl.data.streams import SampleStream
 from netfl.learning.bank import LearnerBank
 from netfl.learning.models import build_model
+from netfl.probes.parameters import ParameterProbe, Projection, replica_seed
+from netfl.probes.representation import RepresentationProbe, local_samples
 from netfl.protocols import PROTOCOLS
 from netfl.protocols.dynamic import Dynamic
 from netfl.protocols.fedavg import FedAvg
-from netfl.scenario import DRIFTING, ComputeTime, Scenario, ScenarioError, TopologyFile
+from netfl.scenario import (
+    DRIFTING,
+    ComputeTime,
+    ProbesConfig,
+    Scenario,
+    ScenarioError,
+    TopologyFile,
+)
 from netfl.sim import topology
 from netfl.sim.engine import COORDINATOR, Simulation
 from netfl.sim.network import Network
@@ -135,12 +144,76 @@ def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device)
     return DatasetSource(dataset, stream, eval_on=evaluation.on, max_eval=evaluation.max_samples)
 
 
+ProbeSink = Callable[[str, list[str], list[dict[str, Any]]], None]
+
+
+def build_probes(
+    scenario: Scenario, seed: dict[str, int], simulation: Simulation, source: BatchSource,
+    sink: ProbeSink | None,
+) -> list[Callable[[Simulation, int], None]]:
+    """The scenario's probes as observers of ``simulation``, writing rows through ``sink``.
+
+    Probes read the bank and keep their own generators; the parameter probe gets a factory
+    of replicas (this scenario without probes, with replica r's stream seed).
+    """
+    config = scenario.probes
+    if config.representation is None and config.parameters is None:
+        return []
+    m = scenario.learners.count
+    if scenario.protocol.name == "serial":
+        raise ScenarioError("probes: the serial protocol trains one model at the coordinator; "
+                            "probes need one model per learner")
+    sink = sink if sink is not None else (lambda table, columns, rows: None)
+    probes: list[Callable[[Simulation, int], None]] = []
+
+    rep = config.representation
+    if rep is not None:
+        if rep.every == "sync" and scenario.protocol.name == "nosync":
+            raise ScenarioError(
+                "probes.representation.every: 'sync' needs a protocol that synchronizes; nosync "
+                "never does (for averaging without redistribution give every: k rounds)")
+        if not isinstance(source, DatasetSource):
+            raise ScenarioError(
+                f"probes.representation: needs a fixed dataset with per-learner partitions, "
+                f"got the drifting stream {scenario.data.dataset!r}")
+        data = scenario.data
+        parts = partition(
+            source.dataset.y_train.cpu().numpy(), m, data.partition, seed=seed["data"],
+            alpha=data.alpha, groups=data.groups,
+        )
+        if [len(p) for p in parts] != source.stream.sizes:  # build_source's own partition
+            raise RuntimeError("probes.representation: partition differs from the run's")
+        x, y = local_samples(parts, source.dataset.x_train, source.dataset.y_train,
+                             rep.samples, seed=[scenario.seed, rep.seed])
+        probes.append(RepresentationProbe(x, y, every=rep.every, estimator=rep.estimator,
+                                          seed=rep.seed, sink=sink))
+
+    par = config.parameters
+    if par is not None:
+        if m < 2:
+            raise ScenarioError("probes.parameters: needs at least 2 learners (MI between pairs)")
+        bare = scenario.model_copy(update={"probes": ProbesConfig()})
+
+        def make_replica(r: int) -> Simulation:
+            stream = replica_seed(seed["stream"], r)
+            return build(bare, seed_overrides={"stream": stream}).simulation
+
+        projection = Projection(simulation.bank.num_params, par.dims, par.projection,
+                                seed=par.seed, device=simulation.bank.device)
+        probes.append(ParameterProbe(
+            replicas=par.replicas, every=par.every, estimators=par.estimators, k=par.k,
+            projection=projection, seed=par.seed, make_replica=make_replica, sink=sink,
+        ))
+    return probes
+
+
 @dataclass
 class Built:
     simulation: Simulation
     source: BatchSource
     graph: nx.Graph
     device: torch.device
+    probes: list[Callable[[Simulation, int], None]] = field(default_factory=list)
 
 
 def build(
@@ -149,8 +222,13 @@ def build(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_probe: ProbeSink | None = None,
+    seed_overrides: dict[str, int] | None = None,
 ) -> Built:
+    """Wire a Simulation; ``on_probe(table, columns, rows)`` receives the probes' rows and
+    ``seed_overrides`` replaces per-component seeds (the parameter probe's replicas)."""
     seed = seeds(scenario.seed)
+    seed.update(seed_overrides or {})
     device = resolve_device(scenario.device)
     m = scenario.learners.count
     serial = scenario.protocol.name == "serial"
@@ -204,4 +282,6 @@ def build(
         on_event=on_event, uplink=uplink, downlink=downlink,
         batches_per_step=m if serial else 1,
     )
-    return Built(simulation, source, graph, device)
+    probes = build_probes(scenario, seed, simulation, source, on_probe)
+    simulation.observers.extend(probes)
+    return Built(simulation, source, graph, device, probes)

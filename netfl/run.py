@@ -50,9 +50,13 @@ def run(scenario: Scenario, out: str | None = None, *, progress: bool = True) ->
     def on_event(row: dict[str, Any]) -> None:
         recorder.rows("events", EVENT_COLUMNS, [row])
 
+    def on_probe(table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        recorder.rows(table, columns, rows)
+
     started = time.perf_counter()
     try:
-        built = build(scenario, on_round=on_round, on_learners=on_learners, on_event=on_event)
+        built = build(scenario, on_round=on_round, on_learners=on_learners, on_event=on_event,
+                      on_probe=on_probe)
     except BaseException:
         bar.close()
         run_dir.rmdir()  # nothing was written yet; leave no empty run behind

@@ -264,6 +264,72 @@ class CompressionConfig(Section):
         return {"name": value} if isinstance(value, str) else value
 
 
+# ---------------------------------------------------------------------- probes
+
+Estimator = Literal["edge", "ksg", "gaussian", "binned"]  # netfl.probes.mi.ESTIMATORS
+
+
+def _every(value: object, allow_sync: bool) -> object:
+    """A probe period: a positive number of rounds, or 'sync' where allowed."""
+    if allow_sync and value == "sync":
+        return value
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if not ok:
+        expected = "a positive integer (rounds) or 'sync'" if allow_sync else "a positive integer"
+        raise ValueError(f"must be {expected}, got {value!r}")
+    return value
+
+
+class RepresentationProbeConfig(Section):
+    """Seed 000: MI of the last hidden layer with inputs and labels, local and averaged model."""
+
+    every: int | Literal["sync"] = Field(
+        default="sync", description="rounds between probes, or 'sync': at each synchronization"
+    )
+    estimator: Estimator = "edge"
+    samples: int = Field(default=500, ge=2, description="fixed local samples per learner")
+    seed: int = Field(default=0, ge=0, description="the probe's own seed (sample choice, MI)")
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _every(cls, value: object) -> object:
+        return _every(value, allow_sync=True)
+
+
+class ParameterProbeConfig(Section):
+    """Seed 002: client parameters as random vectors over R replicas of the run."""
+
+    replicas: int = Field(default=20, ge=2, description="R runs: same init, new sampling noise")
+    every: int = Field(default=10, description="rounds between probes")
+    estimators: list[Estimator] = Field(default_factory=lambda: ["gaussian", "ksg"], min_length=1)
+    k: int = Field(default=3, ge=1, description="KSG neighbours")
+    dims: int = Field(default=4, ge=1, description="coordinates the MI is estimated on")
+    projection: Literal["random", "coordinates"] = "random"
+    seed: int = Field(default=0, ge=0, description="the probe's own seed (projection, MI)")
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _every(cls, value: object) -> object:
+        return _every(value, allow_sync=False)
+
+    @model_validator(mode="after")
+    def _enough_replicas(self) -> ParameterProbeConfig:
+        r = self.replicas
+        if "ksg" in self.estimators and r <= self.k:
+            raise ValueError(f"ksg with k={self.k} needs replicas > k, got replicas={r}")
+        if "gaussian" in self.estimators and r <= 2 * self.dims:
+            raise ValueError(f"gaussian MI of two {self.dims}-dim vectors needs "
+                             f"replicas > 2*dims = {2 * self.dims}, got replicas={r}")
+        return self
+
+
+class ProbesConfig(Section):
+    """Information-flow probes; each is off when absent or null."""
+
+    representation: RepresentationProbeConfig | None = None
+    parameters: ParameterProbeConfig | None = None
+
+
 # -------------------------------------------------------------- run settings
 
 
@@ -301,6 +367,7 @@ class Scenario(Section):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     protocol: ProtocolConfig = Field(default_factory=lambda: Periodic(name="periodic"))
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
     horizon: HorizonConfig = Field(default_factory=HorizonConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
@@ -311,6 +378,11 @@ class Scenario(Section):
         if isinstance(value, dict) and "name" not in value:
             return {"name": "periodic", **value}
         return value
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _no_probes(cls, value: object) -> object:
+        return {} if value is None else value
 
     def resolved(self) -> dict[str, Any]:
         """Plain data with every default filled in, as written to a run directory."""
