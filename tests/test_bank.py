@@ -276,21 +276,33 @@ def test_stacked_evaluate_shared_and_per_model_data():
 
 
 def test_stacked_optimizers_direct():
-    """Subset and full paths of the optimizers agree with each other."""
-    p = [torch.randn(4, 3, generator=torch.Generator().manual_seed(0))]
-    g = [torch.ones(4, 3)]
-    for cls, kw in ((SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}), (Adam, {"lr": 0.1})):
-        full, part = [p[0].clone()], [p[0].clone()]
+    """Full and subset paths agree with each other and with torch.optim on every row
+    (including Nesterov momentum, which the bank does not expose)."""
+    gen = torch.Generator().manual_seed(0)
+    p0 = torch.randn(4, 3, generator=gen)
+    grads = [torch.randn(4, 3, generator=gen) for _ in range(3)]
+    cases = (
+        (SGD, torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.1}),
+        (Adam, torch.optim.Adam, {"lr": 0.1, "weight_decay": 0.1}),
+    )
+    for cls, ref_cls, kw in cases:
+        full, part = [p0.clone()], [p0.clone()]
         a, b = cls(full, **kw), cls(part, **kw)
-        for _ in range(3):
-            a.update(full, [gg.clone() for gg in g])
-            b.update(part, [g[0][:2].clone()], torch.tensor([0, 1]))
-            b.update(part, [g[0][2:].clone()], torch.tensor([2, 3]))
+        rows = [p0[i].clone().requires_grad_(True) for i in range(4)]
+        refs = [ref_cls([r], **kw) for r in rows]
+        for g in grads:
+            a.update(full, [g.clone()])
+            b.update(part, [g[[3, 1]].clone()], torch.tensor([3, 1]))
+            b.update(part, [g[[0, 2]].clone()], torch.tensor([0, 2]))
+            for i, (r, opt) in enumerate(zip(rows, refs, strict=True)):
+                r.grad = g[i].clone()
+                opt.step()
         torch.testing.assert_close(full[0], part[0])
+        torch.testing.assert_close(full[0], torch.stack([r.detach() for r in rows]))
     with pytest.raises(ValueError, match="nesterov"):
-        SGD(p, nesterov=True)
+        SGD([p0], nesterov=True)
     with pytest.raises(ValueError, match="betas"):
-        Adam(p, betas=(1.0, 0.9))
+        Adam([p0], betas=(1.0, 0.9))
 
 
 def test_bank_argument_errors():

@@ -81,7 +81,10 @@ def main() -> None:
     ap.add_argument("--learners", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (both sides)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     bare_loop(args.learners, device)  # warm-up: first calls compile kernels and load data
     netfl_run(args.learners, args.device)
