@@ -268,8 +268,15 @@ def test_place_hierarchy_defaults_to_root_and_leaves():
 
 def test_place_without_leaves_uses_all_other_nodes():
     assert place(generate("ring", 5, seed=0), 5) == (0, [1, 2, 3, 4, 1])
-    assert place(generate("line", 5, seed=0), 3) == (2, [0, 4, 0])  # centre; line ends
+    assert place(generate("line", 5, seed=0), 4) == (2, [0, 1, 3, 4])  # centre; every other node
     assert place(_single_node(), 2) == (7, [7, 7])
+
+
+def test_place_on_a_random_graph_ignores_its_few_leaves():
+    g = nx.cycle_graph(6)
+    g.add_edge(0, 6)  # one degree-1 node: learners must not all pile up on it
+    coordinator, learners = place(g, 4)
+    assert len(set(learners)) == 4 and coordinator not in learners
 
 
 def _single_node() -> nx.Graph:

@@ -503,9 +503,11 @@ def place(
 
     Defaults: the coordinator goes to ``g.graph["coordinator"]`` if set, else to
     the node of highest closeness centrality (ties: smallest id) -- the hub of a
-    star, the root of a hierarchy. Learners go round-robin over the
-    non-coordinator nodes of degree 1 (the leaves) if there are any, else over
-    all non-coordinator nodes; several learners may share a node. Explicit
+    star, the root of a hierarchy. Learners go round-robin over the leaves
+    (non-coordinator nodes of degree 1) of a branching tree (star, tree,
+    hierarchy), else over all non-coordinator nodes (a ring, a line, a random
+    graph whose few degree-1 nodes would pile learners up); several learners
+    may share a node. Explicit
     ``learners`` lists m nodes, or fewer that are cycled.
     """
     if g.number_of_nodes() == 0:
@@ -577,7 +579,8 @@ def _tree_distance_totals(g: nx.Graph, root: Hashable) -> dict[Hashable, int]:
 
 def _default_learner_nodes(g: nx.Graph, coordinator: Hashable) -> list[Hashable]:
     others = sorted((x for x in g if x != coordinator), key=_node_key)
-    leaves = [x for x in others if g.degree(x) == 1]
+    branching_tree = nx.is_tree(g) and max(d for _, d in g.degree()) > 2
+    leaves = [x for x in others if g.degree(x) == 1] if branching_tree else []
     return leaves or others or [coordinator]
 
 
