@@ -24,7 +24,7 @@ from netfl.data.partition import partition
 from netfl.data.sources import BatchSource, DatasetSource
 from netfl.data.streams import SampleStream
 from netfl.learning.bank import LearnerBank
-from netfl.learning.models import build_model
+from netfl.learning.models import build_model, last_layer
 from netfl.probes.parameters import ParameterProbe, Projection, replica_seed
 from netfl.probes.representation import RepresentationProbe, local_samples
 from netfl.protocols import PROTOCOLS
@@ -141,7 +141,9 @@ def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device)
         groups=data.groups,
     )
     stream = SampleStream(parts, data.batch_size, seed=seed["stream"], device=device)
-    return DatasetSource(dataset, stream, eval_on=evaluation.on, max_eval=evaluation.max_samples)
+    return DatasetSource(dataset, stream, eval_on=evaluation.on, max_eval=evaluation.max_samples,
+                         shift=data.augment.shift, noise=data.augment.noise,
+                         seed=seed["stream"])
 
 
 ProbeSink = Callable[[str, list[str], list[dict[str, Any]]], None]
@@ -245,6 +247,7 @@ def build(
         model, 1 if serial else m, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
         weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps, reduction=opt.reduction,
         device=device, seed=seed["init"], init_noise=scenario.learners.init_noise,
+        trainable=last_layer(model) if spec.train == "last" else None,
     )
 
     times = step_times(scenario.learners.compute_time, m, np.random.default_rng(seed["compute"]))

@@ -154,6 +154,13 @@ class DriftConfig(Section):
 DRIFTING = ("graphical", "digits_permuted", "teacher_student")
 
 
+class Augment(Section):
+    """Training-batch augmentation for image data (seed 002's augmented digits)."""
+
+    shift: int = Field(default=0, ge=0, description="random shift of up to this many pixels")
+    noise: float = Field(default=0.0, ge=0, description="std of added Gaussian noise")
+
+
 class DataConfig(Section):
     dataset: Literal[
         "digits", "gaussian_mixture", "mnist", "cifar10",
@@ -166,12 +173,15 @@ class DataConfig(Section):
     alpha: float = Field(default=0.5, gt=0)
     groups: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=10, ge=1)
+    augment: Augment = Field(default_factory=lambda: Augment())
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @model_validator(mode="after")
     def _root_for_files(self) -> DataConfig:
         if self.dataset in ("mnist", "cifar10") and not self.root:
             raise ValueError(f"dataset {self.dataset} reads local files: set data.root")
+        if (self.augment.shift or self.augment.noise) and self.dataset in DRIFTING:
+            raise ValueError("augment applies to fixed image datasets, not drifting streams")
         if self.drift.mode != "none" and self.dataset not in DRIFTING:
             raise ValueError(f"drift needs a drifting dataset ({', '.join(DRIFTING)}), "
                              f"got {self.dataset}")
@@ -182,6 +192,9 @@ class ModelConfig(Section):
     kind: Literal["linear", "mlp", "cnn"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64])
     activation: Literal["relu", "tanh"] = "relu"
+    train: Literal["all", "last"] = Field(
+        default="all", description="last: only the final layer learns (transfer learning)"
+    )
 
 
 class OptimizerConfig(Section):

@@ -86,6 +86,7 @@ class LearnerBank:
         seed: int = 0,
         init_noise: float = 0.0,
         input_shape: tuple[int, ...] | None = None,
+        trainable: Sequence[str] | None = None,
     ) -> None:
         try:
             m = operator.index(m)
@@ -125,6 +126,13 @@ class LearnerBank:
                 )
             self.params[n] = stacked.to(self.device).contiguous()
         self.dtype = named[0][1].dtype
+        # Frozen parameters (transfer learning: train only the last layer) keep their
+        # initial values; the optimizer never sees them.
+        self.trainable: list[str] = list(self.names if trainable is None else trainable)
+        unknown = sorted(set(self.trainable) - set(self.names))
+        if unknown or not self.trainable:
+            raise ValueError(f"trainable: unknown or no parameters {unknown}; "
+                             f"known: {', '.join(self.names)}")
         self.model = template.to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -145,7 +153,7 @@ class LearnerBank:
 
     # ------------------------------------------------------------------ internals
     def _plist(self) -> list[Tensor]:
-        return [self.params[n] for n in self.names]
+        return [self.params[n] for n in self.trainable]
 
     def _forward(self, params: dict[str, Tensor], x: Tensor, features: bool) -> Tensor:
         return functional_call(self.model, params, (x,), {"features": features})
@@ -234,7 +242,7 @@ class LearnerBank:
         x, y = self._inputs(x), y.to(self.device, torch.int64)
         current = self._select(index)
         grads, (loss_sum, logits) = self._train(current, x, y)
-        self.optimizer.update(self._plist(), [grads[n] for n in self.names], index)
+        self.optimizer.update(self._plist(), [grads[n] for n in self.trainable], index)
         correct = (logits.argmax(-1) == y).sum(-1)
         # Hold the gradients until the next step. Freed at once, they leave a large free
         # block that glibc returns to the OS and faults back in on the next step (about

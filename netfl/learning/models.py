@@ -247,3 +247,10 @@ def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
                 stacklevel=2,
             )
     return model
+
+
+def last_layer(model: nn.Module) -> list[str]:
+    """Names of the final layer's parameters: what transfer learning trains (seed 002)."""
+    names = [n for n, _ in model.named_parameters()]
+    prefix = names[-1].rsplit(".", 1)[0]
+    return [n for n in names if n.rsplit(".", 1)[0] == prefix]
