@@ -111,6 +111,25 @@ def build_codecs(scenario: Scenario) -> tuple[Codec | None, Codec | None]:
     return codecs[0], codecs[1]
 
 
+def pretrain(scenario: Scenario, model, source, device: torch.device, seed: int):
+    """The model every learner starts from after centralized SGD on the whole training set.
+
+    This is the public pretrained network of transfer learning (seed 002): it happens
+    before the simulation, so it costs no simulated time and no bytes."""
+    if not isinstance(source, DatasetSource):
+        raise ScenarioError("model.pretrain_steps: needs a fixed dataset, not a drifting stream")
+    data, opt = source.dataset, scenario.optimizer
+    central = LearnerBank(model, 1, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
+                          weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps,
+                          reduction=opt.reduction, device=device, seed=seed)
+    everything = np.arange(len(data.y_train))
+    stream = SampleStream([everything], scenario.data.batch_size, seed=seed, device=device)
+    for step in range(scenario.model.pretrain_steps):
+        index = stream.indices_all(step).to(data.x_train.device).long()
+        central.step(central.all_idx, data.x_train[index], data.y_train[index])
+    return central.mean()
+
+
 def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device):
     """The batch source: a fixed dataset through index streams, or a drifting stream."""
     data, m = scenario.data, scenario.learners.count
@@ -249,6 +268,8 @@ def build(
         device=device, seed=seed["init"], init_noise=scenario.learners.init_noise,
         trainable=last_layer(model) if spec.train == "last" else None,
     )
+    if spec.pretrain_steps:
+        bank.assign(bank.all_idx, pretrain(scenario, model, source, device, seed["init"]))
 
     times = step_times(scenario.learners.compute_time, m, np.random.default_rng(seed["compute"]))
     tick = scenario.learners.tick or float(times.min())

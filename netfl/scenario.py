@@ -195,6 +195,9 @@ class ModelConfig(Section):
     train: Literal["all", "last"] = Field(
         default="all", description="last: only the final layer learns (transfer learning)"
     )
+    pretrain_steps: int = Field(
+        default=0, ge=0, description="centralized SGD steps on the whole training set first"
+    )
 
 
 class OptimizerConfig(Section):

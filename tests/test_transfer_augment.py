@@ -74,3 +74,19 @@ def test_shift_only_moves_pixels(tiny):
 def test_augment_needs_a_fixed_dataset(tiny):
     with pytest.raises(ScenarioError, match="augment applies to fixed image datasets"):
         tiny(data={"dataset": "graphical", "augment": {"shift": 1}})
+
+
+def test_pretraining_gives_every_learner_the_trained_start(tiny):
+    cold = build(tiny(horizon={"rounds": 1})).simulation
+    warm = build(tiny(model={"kind": "mlp", "hidden": [16], "pretrain_steps": 200},
+                      horizon={"rounds": 1})).simulation
+    assert warm.bank.divergence() == 0.0
+    assert not torch.equal(warm.bank.flat(), cold.bank.flat())
+    assert warm.evaluate()["acc_mean_model"] > cold.evaluate()["acc_mean_model"] + 0.3
+    assert warm.network.bytes_total == 0 and warm.env.now == 0.0
+
+
+def test_pretraining_needs_a_fixed_dataset(tiny):
+    with pytest.raises(ScenarioError, match="pretrain_steps"):
+        build(tiny(data={"dataset": "graphical"}, model={"kind": "mlp", "hidden": [8],
+                                                         "pretrain_steps": 5}))
