@@ -1,6 +1,6 @@
 """Run several scenario files and print one table: cumulative loss against cumulative bytes.
 
-    python tools/compare.py scenarios/seed004/*.yaml [--out runs/compare] [--set key=value]
+    python tools/compare.py scenarios/seed004/protocols/*.yaml [--out DIR] [--set key=value]
 
 Each run gets its own directory under --out, with the table as sweep.csv beside them.
 """
