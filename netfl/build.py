@@ -24,6 +24,7 @@ from netfl.data.partition import partition
 from netfl.data.sources import BatchSource, DatasetSource
 from netfl.data.streams import SampleStream
 from netfl.learning.bank import LearnerBank
+from netfl.learning.bank import resolve_device as bank_device
 from netfl.learning.models import build_model, last_layer
 from netfl.probes.parameters import ParameterProbe, Projection, replica_seed
 from netfl.probes.representation import RepresentationProbe, local_samples
@@ -52,11 +53,10 @@ def seeds(root: int) -> dict[str, int]:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The bank's device rule, with a user error when CUDA is asked for but absent."""
     if name == "cuda" and not torch.cuda.is_available():
         raise ScenarioError("device: cuda requested but no CUDA device is available")
-    return torch.device(name)
+    return bank_device(name)
 
 
 def step_times(config: ComputeTime, m: int, rng: np.random.Generator) -> np.ndarray:

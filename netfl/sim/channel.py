@@ -64,7 +64,7 @@ class Channel:
         seeds = np.random.SeedSequence(seed).generate_state(bank.m)
         self.states = [CodecState(seed=int(s)) for s in seeds]
         self.down_state = CodecState(seed=seed)
-        self._decoded: dict[int, tuple[bytes, int, torch.Tensor]] = {}
+        self._decoded: tuple[bytes, torch.Tensor] | None = None  # the last payload sent down
 
     # ------------------------------------------------------------------- uplink
 
@@ -112,11 +112,10 @@ class Channel:
 
     def decode_down(self, payload: bytes) -> torch.Tensor:
         """The model a learner reconstructs; decoded once per payload however many receive it."""
-        cached = self._decoded.get(id(payload))
-        if cached is not None and cached[0] is payload:
-            return cached[2]
+        if self._decoded is not None and self._decoded[0] is payload:
+            return self._decoded[1]
         model = self._decode_down(payload)
-        self._decoded = {id(payload): (payload, 0, model)}
+        self._decoded = (payload, model)
         return model
 
     def received(self, learner: int, version: int) -> None:
