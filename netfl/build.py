@@ -18,7 +18,7 @@ import torch
 
 from netfl import compression
 from netfl.compression import Codec
-from netfl.data.datasets import load_dataset
+from netfl.data.datasets import Dataset, load_dataset
 from netfl.data.drift import DriftSchedule, make_source
 from netfl.data.partition import partition
 from netfl.data.sources import BatchSource, DatasetSource
@@ -111,6 +111,11 @@ def build_codecs(scenario: Scenario) -> tuple[Codec | None, Codec | None]:
     return codecs[0], codecs[1]
 
 
+def loss_for(source: BatchSource) -> str:
+    """The training loss the data call for: squared error for regression targets."""
+    return "mse" if source.task == "regression" else "cross_entropy"
+
+
 def pretrain(scenario: Scenario, model, source, device: torch.device, seed: int):
     """The model every learner starts from after centralized SGD on the whole training set.
 
@@ -121,13 +126,22 @@ def pretrain(scenario: Scenario, model, source, device: torch.device, seed: int)
     data, opt = source.dataset, scenario.optimizer
     central = LearnerBank(model, 1, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
                           weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps,
-                          reduction=opt.reduction, device=device, seed=seed)
+                          reduction=opt.reduction, device=device, seed=seed,
+                          loss=loss_for(source))
     everything = np.arange(len(data.y_train))
     stream = SampleStream([everything], scenario.data.batch_size, seed=seed, device=device)
     for step in range(scenario.model.pretrain_steps):
         index = stream.indices_all(step).to(data.x_train.device).long()
         central.step(central.all_idx, data.x_train[index], data.y_train[index])
     return central.mean()
+
+
+def partition_labels(dataset: Dataset) -> np.ndarray:
+    """What partitioning reads: class labels, or one dummy class for regression targets
+    (the schema only allows the label-free schemes iid and shared for those)."""
+    if dataset.task == "regression":
+        return np.zeros(len(dataset.y_train), dtype=np.int64)
+    return dataset.y_train.cpu().numpy()
 
 
 def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device):
@@ -156,7 +170,7 @@ def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device)
         **data.params,
     ).to(device)
     parts = partition(
-        dataset.y_train.cpu().numpy(), m, data.partition, seed=seed["data"], alpha=data.alpha,
+        partition_labels(dataset), m, data.partition, seed=seed["data"], alpha=data.alpha,
         groups=data.groups,
     )
     stream = SampleStream(parts, data.batch_size, seed=seed["stream"], device=device)
@@ -197,6 +211,10 @@ def build_probes(
             raise ScenarioError(
                 f"probes.representation: needs a fixed dataset with per-learner partitions, "
                 f"got the drifting stream {scenario.data.dataset!r}")
+        if source.task != "classification":
+            raise ScenarioError(
+                f"probes.representation: records I(Y;Z) with class labels and accuracy; "
+                f"dataset {scenario.data.dataset!r} is a regression task")
         data = scenario.data
         parts = partition(
             source.dataset.y_train.cpu().numpy(), m, data.partition, seed=seed["data"],
@@ -257,16 +275,17 @@ def build(
     source = build_source(scenario, seed, device)
 
     spec = scenario.model
+    activation = spec.activation or ("tanh" if spec.kind == "rnn" else "relu")
     model = build_model(
         spec.kind, source.input_shape, source.num_classes, hidden=spec.hidden,
-        activation=spec.activation,
+        activation=activation,
     )
     opt = scenario.optimizer
     bank = LearnerBank(
         model, 1 if serial else m, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
         weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps, reduction=opt.reduction,
         device=device, seed=seed["init"], init_noise=scenario.learners.init_noise,
-        trainable=last_layer(model) if spec.train == "last" else None,
+        trainable=last_layer(model) if spec.train == "last" else None, loss=loss_for(source),
     )
     if spec.pretrain_steps:
         bank.assign(bank.all_idx, pretrain(scenario, model, source, device, seed["init"]))

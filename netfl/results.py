@@ -15,11 +15,11 @@ from typing import IO, Any
 
 import yaml
 
-ROUND_COLUMNS = [
+BASE_COLUMNS = [
     "round", "sim_time_s", "loss", "samples", "cumulative_loss", "bytes_up", "bytes_down",
-    "bytes_total", "messages", "syncs", "drifts", "divergence", "acc_mean_model",
-    "acc_local_mean",
+    "bytes_total", "messages", "syncs", "drifts", "divergence",
 ]
+ROUND_COLUMNS = [*BASE_COLUMNS, "acc_mean_model", "acc_local_mean"]  # a classification run
 LEARNER_COLUMNS = ["round", "learner", "sim_time_s", "loss"]
 EVENT_COLUMNS = ["round", "sim_time_s", "event", "kind", "concept_from", "concept_to"]
 SUMMARY_KEYS = [
@@ -72,10 +72,12 @@ class _Table:
 class Recorder:
     """Appends metrics rows to a run directory as the run produces them."""
 
-    def __init__(self, run_dir: Path, scenario: dict[str, Any], extra_columns: list[str] = ()):
+    def __init__(self, run_dir: Path, scenario: dict[str, Any], extra_columns: list[str] = (),
+                 eval_columns: list[str] = ("acc_mean_model", "acc_local_mean")):
         self.run_dir = run_dir
         (run_dir / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
-        self.rounds = _Table(run_dir / "metrics.csv", ROUND_COLUMNS + list(extra_columns))
+        columns = [*BASE_COLUMNS, *eval_columns, *extra_columns]
+        self.rounds = _Table(run_dir / "metrics.csv", columns)
         self._tables: dict[str, _Table] = {}
 
     def round(self, row: dict[str, Any]) -> None:

@@ -63,7 +63,7 @@ def run(scenario: Scenario, out: str | None = None, *, progress: bool = True) ->
         raise
     sim = built.simulation
     extra = list(sim.protocol.counters) + [f"bytes_{k}" for k in sim.protocol.message_kinds]
-    recorder = Recorder(run_dir, scenario.resolved(), extra)
+    recorder = Recorder(run_dir, scenario.resolved(), extra, sim.eval_columns)
     status = "failed"
     try:
         sim.run()
@@ -97,6 +97,8 @@ def summarize(sim, scenario: Scenario, status: str, wall: float) -> dict[str, An
         "wall_time_s": wall,
         "final_accuracy": final.get("acc_mean_model"),
         "final_local_accuracy": final.get("acc_local_mean"),
+        "final_mse": final.get("mse_mean_model"),
+        "final_local_mse": final.get("mse_local_mean"),
         "device": str(sim.bank.device),
         "seed": scenario.seed,
     }

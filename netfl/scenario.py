@@ -152,6 +152,7 @@ class DriftConfig(Section):
 
 
 DRIFTING = ("graphical", "digits_permuted", "teacher_student")
+REGRESSION = ("signal",)  # datasets whose targets are real vectors (MSE loss)
 
 
 class Augment(Section):
@@ -163,7 +164,7 @@ class Augment(Section):
 
 class DataConfig(Section):
     dataset: Literal[
-        "digits", "gaussian_mixture", "mnist", "cifar10",
+        "digits", "gaussian_mixture", "mnist", "cifar10", "signal",
         "graphical", "digits_permuted", "teacher_student",
     ] = "digits"
     root: str | None = None
@@ -185,13 +186,18 @@ class DataConfig(Section):
         if self.drift.mode != "none" and self.dataset not in DRIFTING:
             raise ValueError(f"drift needs a drifting dataset ({', '.join(DRIFTING)}), "
                              f"got {self.dataset}")
+        if self.dataset in REGRESSION and self.partition in ("classes", "dirichlet"):
+            raise ValueError(f"partition {self.partition!r} splits by class label; dataset "
+                             f"{self.dataset} is a regression task (use iid or shared)")
         return self
 
 
 class ModelConfig(Section):
-    kind: Literal["linear", "mlp", "cnn"] = "mlp"
+    kind: Literal["linear", "mlp", "cnn", "rnn"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64])
-    activation: Literal["relu", "tanh"] = "relu"
+    activation: Literal["relu", "tanh"] | None = Field(
+        default=None, description="default: tanh for rnn, relu otherwise"
+    )
     train: Literal["all", "last"] = Field(
         default="all", description="last: only the final layer learns (transfer learning)"
     )

@@ -32,7 +32,7 @@ from netfl.scenario import Scenario, ScenarioError
 
 TABLE_COLUMNS = [
     "run", "protocol", "setting", "cumulative_loss", "bytes_total", "bytes_up", "bytes_down",
-    "messages", "syncs", "final_accuracy", "sim_time_s", "wall_time_s", "status",
+    "messages", "syncs", "final_accuracy", "final_mse", "sim_time_s", "wall_time_s", "status",
 ]
 
 
@@ -136,11 +136,16 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """A console table; the score is accuracy, or mean squared error for regression runs."""
+    key, label = "final_accuracy", "final acc"
+    if rows and all(r.get("final_accuracy") is None for r in rows) and any(
+            r.get("final_mse") is not None for r in rows):
+        key, label = "final_mse", "final mse"
     head = (f"{'protocol':10} {'setting':34} {'cum. loss':>11} {'bytes':>13} "
-            f"{'final acc':>9}")
+            f"{label:>9}")
     lines = [head, "-" * len(head)]
     for r in rows:
-        acc = r["final_accuracy"]
+        score = r.get(key)
         lines.append(f"{r['protocol']:10} {r['setting'][:34]:34} {r['cumulative_loss']:11.1f} "
-                     f"{r['bytes_total']:13d} {acc if acc is None else f'{acc:9.3f}'}")
+                     f"{r['bytes_total']:13d} {score if score is None else f'{score:9.3f}'}")
     return "\n".join(lines)

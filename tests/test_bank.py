@@ -329,7 +329,7 @@ def test_bank_argument_errors():
         (("mlp", (12,), 4), {"hidden": []}, "hidden"),
         (("linear", (12,), 4), {"hidden": [8]}, "hidden"),
         (("mlp", (12,), 4), {"activation": "swishy"}, "activation"),
-        (("mlp", (12,), 1), {}, "num_classes"),
+        (("mlp", (12,), 0), {}, "num_classes"),
         (("cnn", (64,), 4), {}, "input_shape"),
         (("mlp", (0,), 4), {}, "input_shape"),
     ],

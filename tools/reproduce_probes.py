@@ -2,18 +2,20 @@
 
     python tools/reproduce_probes.py [--out runs/probes] [--only seed000,seed002] [--threads 1]
 
+(--only takes seed000, seed002 (both setups below), seed002-cnn or seed002-rnn.)
+
 seed000: runs scenarios/seed000/{iid,noniid}_{nosync,periodic}.yaml (2 learners, digits,
 LeNet-style CNN), plots I(X;Z) and I(Y;Z) of the local and the averaged models against the
 round (seed 000 Figs. 1-4) with the accuracy of both on each learner's data, prints first and
 last values, and checks the claim: the averaged model's I(Y;Z) collapses without
 redistribution (nosync) and holds with it (periodic).
 
-seed002: runs scenarios/seed002/cnn.yaml (3 clients, averaged every 10 rounds, 24 replicas)
-and its nosync control, plots the MI between client parameters by both estimators and the
-Euclidean, Manhattan and Chebyshev distances against the round (seed 002 Figs. 2 and 4) with
-the accuracy, and checks the claim: parameter MI rises while the distances grow. Seed 002's
-RNN regression setup (Figs. 1 and 3) is not reproduced: it needs a regression loss and a
-recurrent model that the learner bank does not have.
+seed002: runs scenarios/seed002/rnn.yaml (the RNN regression setup, Figs. 1 and 3) and
+scenarios/seed002/cnn.yaml (transfer learning on digits, Figs. 2 and 4), each with 3 clients
+averaged every 10 rounds and 24 replicas, and their nosync controls; plots the MI between
+client parameters by both estimators and the Euclidean, Manhattan and Chebyshev distances
+against the round, with the test MSE or accuracy, and checks the claim: parameter MI rises
+while the distances grow.
 
 Each run is an ordinary run directory (metrics.csv, probes_*.csv) under --out; the PNGs and
 the table go to --out too.
@@ -42,7 +44,7 @@ from netfl.scenario import load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED000 = ("iid_nosync", "iid_periodic", "noniid_nosync", "noniid_periodic")
-SEED002 = ("cnn", "cnn_nosync")
+SEED002 = {"rnn": (1, 3), "cnn": (2, 4)}  # setup -> the seed's MI and distance figures
 FIGURE = {"iid_nosync": 1, "iid_periodic": 2, "noniid_nosync": 3, "noniid_periodic": 4}
 
 
@@ -158,6 +160,13 @@ def pair_series(rows: list[dict[str, str]], key: str) -> dict[str, tuple[np.ndar
     return {k: (np.array([a for a, _ in v]), np.array([b for _, b in v])) for k, v in pairs.items()}
 
 
+def score(metrics: list[dict[str, str]]) -> tuple[str, str, str]:
+    """(label, local column, average column) of the run's test score: MSE or accuracy."""
+    if "mse_mean_model" in metrics[0]:
+        return "test MSE", "mse_local_mean", "mse_mean_model"
+    return "test accuracy", "acc_local_mean", "acc_mean_model"
+
+
 def plot_seed002(name: str, rows: list[dict[str, str]], metrics: list[dict[str, str]],
                  path: Path) -> None:
     keys = [k for k in rows[0] if k.startswith("mi_")] + [
@@ -171,20 +180,22 @@ def plot_seed002(name: str, rows: list[dict[str, str]], metrics: list[dict[str, 
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     ax = axes.flat[len(keys)]
-    evals = [r for r in metrics if r.get("acc_local_mean")]
-    ax.plot([int(r["round"]) for r in evals], [float(r["acc_local_mean"]) for r in evals],
+    label, local, average = score(metrics)
+    evals = [r for r in metrics if r.get(local)]
+    ax.plot([int(r["round"]) for r in evals], [float(r[local]) for r in evals],
             label="local models (mean)")
-    ax.plot([int(r["round"]) for r in evals], [float(r["acc_mean_model"]) for r in evals],
+    ax.plot([int(r["round"]) for r in evals], [float(r[average]) for r in evals],
             label="average model")
     ax.set_xlabel("round")
-    ax.set_ylabel("test accuracy (replica 0)")
+    ax.set_ylabel(f"{label} (replica 0)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     for extra in list(axes.flat)[len(keys) + 1:]:
         extra.axis("off")
     replicas = rows[0]["replicas"]
-    fig.suptitle(f"seed 002 Figs. 2 and 4 ({name}): client parameters over {replicas} replicas, "
-                 f"MI on {rows[0]['dims']} projected coordinates")
+    mi_fig, dist_fig = SEED002[name.split("_")[0]]
+    fig.suptitle(f"seed 002 Figs. {mi_fig} and {dist_fig} ({name}): client parameters over "
+                 f"{replicas} replicas, MI on {rows[0]['dims']} projected coordinates")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -203,36 +214,36 @@ def trend(rows: list[dict[str, str]], key: str) -> tuple[float, float, float, fl
     return float(values[0]), float(values[-1]), float(tail.mean()), rho
 
 
-def seed002(out: Path) -> str:
-    lines = ["seed 002: means over client pairs; first, last, mean of the last quarter of the "
-             "probe rounds, and Spearman rho against the round"]
+def seed002(out: Path, setup: str) -> str:
+    lines = [f"seed 002, {setup} setup: means over client pairs; first, last, mean of the last "
+             "quarter of the probe rounds, and Spearman rho against the round"]
     results = {}
-    for name in SEED002:
+    for name in (setup, f"{setup}_nosync"):
         run_dir = run_scenario(ROOT / "scenarios" / "seed002" / f"{name}.yaml", out / "seed002")
         rows = read_csv(run_dir / "probes_parameters.csv")
         metrics = read_csv(run_dir / "metrics.csv")
         plot_seed002(name, rows, metrics, out / f"seed002_{name}.png")
         keys = [k for k in rows[0] if k.startswith("mi_") or k.startswith("dist_")]
         results[name] = {k: trend(rows, k) for k in keys}
-        final = [r for r in metrics if r.get("acc_local_mean")][-1]
-        lines.append(f"{name}: final test accuracy local {float(final['acc_local_mean']):.3f}, "
-                     f"average {float(final['acc_mean_model']):.3f}")
+        label, local, average = score(metrics)
+        evals = [r for r in metrics if r.get(local)]
+        lines.append(f"{name}: {label} local {float(evals[0][local]):.3f} -> "
+                     f"{float(evals[-1][local]):.3f}, average model "
+                     f"{float(evals[0][average]):.3f} -> {float(evals[-1][average]):.3f}")
         for key, (first, last, tail, rho) in results[name].items():
             lines.append(f"  {key:18} first {first:8.3f}  last {last:8.3f}  "
                          f"last quarter {tail:8.3f}  rho {rho:+.2f}")
-    cnn, control = results["cnn"], results["cnn_nosync"]
-    mi_keys = [k for k in cnn if k.startswith("mi_")]
-    mi_rises = all(cnn[k][3] > 0.3 for k in mi_keys)
-    above_floor = all(cnn[k][2] > control[k][2] for k in mi_keys)
-    dist_grow = all(cnn[k][3] > 0.3 and cnn[k][1] > cnn[k][0]
+    synced, control = results[setup], results[f"{setup}_nosync"]
+    mi_keys = [k for k in synced if k.startswith("mi_")]
+    mi_rises = all(synced[k][3] > 0.3 for k in mi_keys)
+    above_floor = all(synced[k][2] > control[k][2] for k in mi_keys)
+    dist_grow = all(synced[k][3] > 0.3 and synced[k][1] > synced[k][0]
                     for k in ("dist_euclidean", "dist_manhattan", "dist_chebyshev"))
     lines.append(
         f"parameter MI rises with training (rho > 0.3 for {', '.join(mi_keys)}): {mi_rises}; "
         f"above the nosync control's estimator floor late in training: {above_floor}; "
         f"distances grow (rho > 0.3, last > first): {dist_grow}: 'more correlated while not "
         f"closer' {'SUPPORTED' if mi_rises and above_floor and dist_grow else 'NOT supported'}")
-    lines.append("not reproduced: the RNN regression setup (Figs. 1, 3): no regression loss or "
-                 "recurrent model in the learner bank")
     return "\n".join(lines)
 
 
@@ -251,9 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         if part == "seed000":
             reports.append(seed000(out))
         elif part == "seed002":
-            reports.append(seed002(out))
+            reports.extend(seed002(out, setup) for setup in SEED002)
+        elif part.startswith("seed002-") and part[8:] in SEED002:
+            reports.append(seed002(out, part[8:]))
         else:
-            ap.error(f"--only: unknown part {part!r} (seed000, seed002)")
+            ap.error(f"--only: unknown part {part!r} (seed000, seed002, seed002-cnn, "
+                     f"seed002-rnn)")
     report = "\n\n".join(reports)
     print("\n" + report)
     (out / "report.txt").write_text(report + "\n")

@@ -1,5 +1,5 @@
-"""Datasets as tensors in memory: bundled (digits), synthetic (gaussian_mixture), or read
-from local files (mnist IDX, cifar10 python pickles). Nothing is ever downloaded.
+"""Datasets as tensors in memory: bundled (digits), synthetic (gaussian_mixture, signal), or
+read from local files (mnist IDX, cifar10 python pickles). Nothing is ever downloaded.
 
 Every loader is seeded by an argument and uses its own ``numpy.random.Generator``; no global
 random state is read or changed, so the same ``(name, seed, params)`` always gives the same
@@ -30,10 +30,12 @@ class DataError(ValueError):
 
 @dataclass
 class Dataset:
-    """A classification dataset held as tensors.
+    """A classification or regression dataset held as tensors.
 
-    ``x_*`` are float32 ``[N, *input_shape]`` (images scaled to [0, 1]); ``y_*`` are int64
-    class labels in ``[0, num_classes)``.
+    ``x_*`` are float32 ``[N, *input_shape]`` (images scaled to [0, 1]). For ``task``
+    'classification' ``y_*`` are int64 class labels in ``[0, num_classes)``; for
+    'regression' they are float32 targets ``[N, num_classes]`` (``num_classes`` is then the
+    number of targets, the model's output width, and training minimizes squared error).
     """
 
     name: str
@@ -42,6 +44,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    task: str = "classification"
 
     def __post_init__(self) -> None:
         if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
@@ -80,6 +83,10 @@ def load_dataset(
       ``n_features`` (20), ``n_classes`` (10), ``separation`` (3.0), ``noise`` (1.0).
     - ``mnist``: IDX files in ``root``, ``[N, 1, 28, 28]``, official test split.
     - ``cifar10``: python batches in ``root``, ``[N, 3, 32, 32]``, official test split.
+    - ``signal``: synthetic regression, ``[N, length, 1]`` -> (shift, scale); params
+      ``n_samples`` (1500), ``length`` (64), ``components`` (3), ``min_cycles`` (8),
+      ``max_cycles`` (16), ``max_shift`` (1), ``min_scale`` (0.5), ``max_scale`` (2),
+      ``noise`` (0.05).
 
     ``seed`` drives synthetic generation and the train/test split; ``test_fraction`` is the
     stratified test share where there is no official split. Unknown params are errors.
@@ -230,6 +237,73 @@ def _load_gaussian_mixture(
     y = rng.permutation(np.arange(n_samples) % n_classes).astype(np.int64)
     x = means[y] + noise * rng.standard_normal((n_samples, n_features))
     return _from_arrays("gaussian_mixture", x, y, n_classes, test_fraction, rng)
+
+
+# --------------------------------------------------------------------------- signal
+
+
+def _load_signal(
+    *,
+    seed: int,
+    test_fraction: float,
+    root: str | os.PathLike[str] | None,
+    n_samples: int = 1500,
+    length: int = 64,
+    components: int = 3,
+    min_cycles: float = 8.0,
+    max_cycles: float = 16.0,
+    max_shift: float = 1.0,
+    min_scale: float = 0.5,
+    max_scale: float = 2.0,
+    noise: float = 0.05,
+    **params: Any,
+) -> Dataset:
+    """Regression on random 1-D signals (seed 002's RNN task): predict shift and scale.
+
+    Each sample draws its own source signal, a sum of ``components`` sinusoids with random
+    frequencies (``min_cycles`` to ``max_cycles``
+    cycles per window), phases and amplitudes, standardized to zero mean
+    and unit variance over its ``length`` steps (periods of 4 to 8 steps by default: a
+    slower source needs a memory longer than seed 002's small RNN learns to keep); the sample is
+    ``scale * source + shift + noise * N(0, 1)`` with ``shift ~ U(-max_shift, max_shift)``
+    and ``scale ~ U(min_scale, max_scale)``, and its target is ``(shift, scale)``. Inputs are
+    ``[N, length, 1]`` (a sequence of scalars), targets float32 ``[N, 2]``; random split.
+    """
+    _no_params("signal", params)
+    length = _int_param("signal", "length", length, 2)
+    components = _int_param("signal", "components", components, 1)
+    n_samples = _int_param("signal", "n_samples", n_samples, 2)
+    min_cycles = _float_param("signal", "min_cycles", min_cycles, positive=True)
+    max_cycles = _float_param("signal", "max_cycles", max_cycles, positive=True)
+    max_shift = _float_param("signal", "max_shift", max_shift, positive=False)
+    min_scale = _float_param("signal", "min_scale", min_scale, positive=True)
+    max_scale = _float_param("signal", "max_scale", max_scale, positive=True)
+    noise = _float_param("signal", "noise", noise, positive=False)
+    if max_scale < min_scale:
+        raise DataError(f"signal: max_scale {max_scale} is below min_scale {min_scale}")
+    if max_cycles < min_cycles:
+        raise DataError(f"signal: max_cycles {max_cycles} is below min_cycles {min_cycles}")
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(length) / length
+    freq = rng.uniform(min_cycles, max_cycles, (n_samples, components, 1))
+    phase = rng.uniform(0.0, 2 * np.pi, (n_samples, components, 1))
+    amp = rng.uniform(0.5, 1.0, (n_samples, components, 1))
+    source = (amp * np.sin(2 * np.pi * freq * t + phase)).sum(axis=1)
+    source = (source - source.mean(1, keepdims=True)) / source.std(1, keepdims=True)
+    shift = rng.uniform(-max_shift, max_shift, n_samples)
+    scale = rng.uniform(min_scale, max_scale, n_samples)
+    x = scale[:, None] * source + shift[:, None] + noise * rng.standard_normal(source.shape)
+    y = np.stack([shift, scale], axis=1)
+    n_test = round(test_fraction * n_samples)
+    if not 0 < n_test < n_samples:
+        raise DataError(f"test_fraction: {test_fraction} leaves an empty split of {n_samples}")
+    order = rng.permutation(n_samples)
+    train = torch.from_numpy(np.sort(order[n_test:]))
+    test = torch.from_numpy(np.sort(order[:n_test]))
+    xt = torch.from_numpy(x[:, :, None].astype(np.float32))
+    yt = torch.from_numpy(y.astype(np.float32))
+    return Dataset("signal", xt[train], yt[train], xt[test], yt[test], 2, task="regression")
 
 
 # --------------------------------------------------------------------------- mnist (IDX)
@@ -406,5 +480,6 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "gaussian_mixture": _load_gaussian_mixture,
     "mnist": _load_mnist,
     "cifar10": _load_cifar10,
+    "signal": _load_signal,
 }
 """Registry: dataset name -> loader taking ``seed, test_fraction, root, **params``."""

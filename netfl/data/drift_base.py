@@ -89,6 +89,7 @@ class DriftingSource:
     name = "drifting"
     input_shape: tuple[int, ...]
     num_classes: int
+    task = "classification"
 
     def __init__(
         self,

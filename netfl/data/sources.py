@@ -20,7 +20,8 @@ class BatchSource(Protocol):
     m: int
     batch_size: int
     input_shape: tuple[int, ...]
-    num_classes: int
+    num_classes: int  # classes, or the number of regression targets
+    task: str  # 'classification' or 'regression'
 
     def batch(self, learners: np.ndarray | None, rounds: np.ndarray | int
               ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,6 +43,7 @@ class DatasetSource:
         self.batch_size = stream.batch_size
         self.input_shape = dataset.input_shape
         self.num_classes = dataset.num_classes
+        self.task = dataset.task
         x, y = ((dataset.x_test, dataset.y_test) if eval_on == "test"
                 else (dataset.x_train, dataset.y_train))
         self._eval = (x[:max_eval], y[:max_eval]) if max_eval else (x, y)

@@ -10,6 +10,9 @@ Conventions (seed 004, Kamp et al. 2018):
 * ``step`` reports the loss suffered *before* the update, summed over the mini-batch
   (the per-round term of the cumulative loss, eq. 1), plus the number of correct
   predictions, both per learner.
+* ``loss`` is 'cross_entropy' (classification, int64 labels) or 'mse' (regression:
+  float targets ``[..., T]``; a sample's loss is its squared error averaged over the T
+  targets, as Keras' MSE; ``correct`` is then always 0).
 * ``divergence`` is eq. 2, ``1/k sum_i ||f_i - mean||^2`` over all parameters.
 * All learners start from one random model (homogeneous init); ``init_noise > 0`` adds
   independent Gaussian noise per learner (heterogeneous init, seed 004 Fig. 8).
@@ -44,8 +47,8 @@ IndexLike = Tensor | int | Sequence[int] | None
 class StepResult:
     """Per-learner outcome of one step, measured on the batch before the update."""
 
-    loss_sum: Tensor  # [k] float: sum over the batch of per-sample cross-entropy (eq. 1)
-    correct: Tensor  # [k] int64: correct predictions in the batch
+    loss_sum: Tensor  # [k] float: sum over the batch of per-sample loss (eq. 1)
+    correct: Tensor  # [k] int64: correct predictions in the batch (0 for regression)
 
 
 def resolve_device(device: torch.device | str) -> torch.device:
@@ -87,6 +90,7 @@ class LearnerBank:
         init_noise: float = 0.0,
         input_shape: tuple[int, ...] | None = None,
         trainable: Sequence[str] | None = None,
+        loss: str = "cross_entropy",
     ) -> None:
         try:
             m = operator.index(m)
@@ -98,6 +102,10 @@ class LearnerBank:
             raise ValueError("momentum: not used by optimizer 'adam' (see betas)")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction: must be 'mean' or 'sum', got {reduction!r}")
+        if loss not in ("cross_entropy", "mse"):
+            raise ValueError(f"loss: must be 'cross_entropy' or 'mse', got {loss!r}")
+        self.loss = loss
+        self.regression = loss == "mse"
         if init_noise < 0:
             raise ValueError(f"init_noise: must be >= 0, got {init_noise}")
         self.m = m
@@ -147,6 +155,10 @@ class LearnerBank:
         self.optimizer: Optimizer = make_optimizer(optimizer, self._plist(), **opts)
 
         self._train = vmap(grad(self._objective, has_aux=True))
+        # A model that can run k parameter sets at once (forward_stacked) is differentiated
+        # by plain autograd: learners' losses are separate, so the gradient of their sum is
+        # every learner's own gradient, without vmap's per-op overhead.
+        self._stacked_forward = getattr(self.model, "forward_stacked", None)
         self._scratch: dict[str, Tensor] | None = None
         self._forward_shared = vmap(self._forward, in_dims=(0, None, None))
         self._forward_each = vmap(self._forward, in_dims=(0, 0, None))
@@ -162,12 +174,32 @@ class LearnerBank:
         self, params: dict[str, Tensor], x: Tensor, y: Tensor
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         logits = functional_call(self.model, params, (x,))
+        if self.regression:
+            loss_sum = (logits - y).square().mean(-1).sum()
+            obj = loss_sum if self.reduction == "sum" else loss_sum / y.shape[0]
+            return obj, (loss_sum, logits)
         # Cross-entropy as -sum log_softmax[y]: the same value as F.cross_entropy, but
         # fewer operators under vmap (nll_loss's batching rule decomposes), ~7% faster.
         picked = torch.log_softmax(logits, dim=-1).gather(-1, y.unsqueeze(-1))
         loss_sum = -picked.sum()
         obj = loss_sum if self.reduction == "sum" else loss_sum / y.shape[0]
         return obj, (loss_sum, logits)
+
+    def _train_stacked(
+        self, params: dict[str, Tensor], x: Tensor, y: Tensor
+    ) -> tuple[dict[str, Tensor], tuple[Tensor, Tensor]]:
+        """``_train``'s results for a model with ``forward_stacked``, by autograd."""
+        leaves = {n: p.detach().requires_grad_(n in self.trainable) for n, p in params.items()}
+        with torch.enable_grad():
+            out = self._stacked_forward(leaves, x)
+            if self.regression:
+                loss_sum = (out - y).square().mean(-1).sum(-1)
+            else:
+                picked = torch.log_softmax(out, dim=-1).gather(-1, y.unsqueeze(-1))
+                loss_sum = -picked.squeeze(-1).sum(-1)
+            obj = loss_sum.sum() if self.reduction == "sum" else loss_sum.sum() / y.shape[1]
+            found = torch.autograd.grad(obj, [leaves[n] for n in self.trainable])
+        return dict(zip(self.trainable, found, strict=True)), (loss_sum.detach(), out.detach())
 
     def _index(self, idx: IndexLike) -> tuple[Tensor | None, int]:
         """(device index tensor or None for 'all learners in order', k)."""
@@ -201,6 +233,10 @@ class LearnerBank:
             return x.to(self.device, self.dtype)
         return x.to(self.device)
 
+    def _targets(self, y: Tensor) -> Tensor:
+        """Labels as int64 for cross-entropy; regression targets in the parameters' dtype."""
+        return y.to(self.device, self.dtype if self.regression else torch.int64)
+
     def _is_stacked(self, params: dict[str, Tensor]) -> bool:
         n = self.names[0]
         dim, ref = params[n].dim(), len(self.shapes[n])
@@ -231,7 +267,8 @@ class LearnerBank:
     def step(self, idx: IndexLike, x: Tensor, y: Tensor) -> StepResult:
         """One batched optimizer step for learners ``idx`` on their own batches.
 
-        ``x [k, B, *in]``, ``y [k, B]`` (row j belongs to learner ``idx[j]``). Returns the
+        ``x [k, B, *in]``, ``y [k, B]`` (regression: ``[k, B, T]``; row j belongs to learner
+        ``idx[j]``). Returns the
         batch-summed loss and correct count of each learner *before* the update.
         """
         index, k = self._index(idx)
@@ -239,11 +276,17 @@ class LearnerBank:
             self.input_shape = tuple(x.shape[2:])
         if x.shape[0] != k or y.shape[0] != k:
             raise ValueError(f"x, y: leading size must be k={k}, got {x.shape[0]}, {y.shape[0]}")
-        x, y = self._inputs(x), y.to(self.device, torch.int64)
+        x, y = self._inputs(x), self._targets(y)
         current = self._select(index)
-        grads, (loss_sum, logits) = self._train(current, x, y)
+        if self._stacked_forward is not None:
+            grads, (loss_sum, logits) = self._train_stacked(current, x, y)
+        else:
+            grads, (loss_sum, logits) = self._train(current, x, y)
         self.optimizer.update(self._plist(), [grads[n] for n in self.trainable], index)
-        correct = (logits.argmax(-1) == y).sum(-1)
+        if self.regression:
+            correct = torch.zeros(k, dtype=torch.int64, device=self.device)
+        else:
+            correct = (logits.argmax(-1) == y).sum(-1)
         # Hold the gradients until the next step. Freed at once, they leave a large free
         # block that glibc returns to the OS and faults back in on the next step (about
         # twice the page faults of a plain loop, ~10% slower on CPU); held, the next
@@ -359,11 +402,12 @@ class LearnerBank:
     def evaluate(
         self, params: dict[str, Tensor], x: Tensor, y: Tensor, batch: int = 4096
     ) -> tuple[Tensor, Tensor]:
-        """(loss_sum, correct) of cross-entropy on ``(x, y)``, without gradients.
+        """(loss_sum, correct) of the bank's loss on ``(x, y)``, without gradients.
 
         Per model ``[k]`` for stacked params (``x`` shared ``[N, *in]`` with ``y [N]``, or
-        per model ``[k, N, *in]`` with ``y [k, N]``); 0-dim tensors for an unstacked
-        model. ``batch`` bounds the model-sample rows per forward pass (memory).
+        per model ``[k, N, *in]`` with ``y [k, N]``; regression targets add a trailing
+        ``T``); 0-dim tensors for an unstacked model. ``batch`` bounds the model-sample
+        rows per forward pass (memory).
         """
         return self._infer(params, x, y, batch)
 
@@ -382,7 +426,9 @@ class LearnerBank:
         loss = torch.zeros(k if stacked else (), device=self.device)
         correct = torch.zeros(k if stacked else (), device=self.device, dtype=torch.int64)
         if y is not None:
-            y = y.to(self.device, torch.int64)
+            y = self._targets(y)
+        # Axis of samples in y: the last for labels, the one before the targets' otherwise.
+        y_axis = -2 if self.regression else -1
         for s in starts:
             xs = x.narrow(n_axis, s, min(size, n - s))
             if not stacked:
@@ -394,7 +440,10 @@ class LearnerBank:
             if y is None:
                 feats.append(out)
                 continue
-            ys = y.narrow(y.dim() - 1, s, xs.shape[n_axis])
+            ys = y.narrow(y.dim() + y_axis, s, xs.shape[n_axis])
+            if self.regression:
+                loss += (out - ys).square().mean(-1).sum(-1)
+                continue
             if stacked:
                 ys = ys.expand(k, -1) if ys.dim() == 1 else ys
                 per = F.cross_entropy(out.transpose(1, 2), ys, reduction="none")

@@ -284,14 +284,24 @@ class Simulation:
         for observe in self.observers:
             observe(self, r + 1)
 
+    @property
+    def eval_columns(self) -> list[str]:
+        """What ``evaluate`` reports: accuracy, or mean squared error for regression."""
+        metric = "mse" if self.bank.regression else "acc"
+        return [f"{metric}_mean_model", f"{metric}_local_mean"]
+
     def evaluate(self) -> dict[str, float]:
-        """Accuracy of the mean model and the mean accuracy of the local models."""
+        """The mean model's score and the local models' mean score on held-out data:
+        accuracy for classification, mean squared error (per target) for regression."""
         x, y = self.source.eval_set(max(self.rows_emitted - 1, 0))
         x, y = x.to(self.bank.device), y.to(self.bank.device)
         n = len(y)
-        _, correct = self.bank.evaluate(self.bank.mean(), x, y)
-        out = {"acc_mean_model": float(correct) / n}
+        mean_col, local_col = self.eval_columns
+        loss, correct = self.bank.evaluate(self.bank.mean(), x, y)
+        score = loss if self.bank.regression else correct
+        out = {mean_col: float(score) / n}
         if self.eval_local:
-            _, local = self.bank.evaluate(self.bank.params, x, y)
-            out["acc_local_mean"] = float(local.float().mean()) / n
+            loss, local = self.bank.evaluate(self.bank.params, x, y)
+            score = loss if self.bank.regression else local.float()
+            out[local_col] = float(score.mean()) / n
         return out
