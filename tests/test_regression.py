@@ -262,3 +262,12 @@ def test_sweep_table_shows_mse_for_regression_runs():
              "bytes_total": 10, "final_accuracy": None, "final_mse": 0.125}]
     table = format_table(rows)
     assert "final mse" in table and "0.125" in table
+
+
+def test_serial_ships_regression_targets_as_float32(tmp_path):
+    s = signal_scenario(protocol={"name": "serial"}, horizon={"rounds": 2})
+    summary = run(s, str(tmp_path / "serial"), progress=False)
+    # Per round each of 3 learners sends 4 samples of 12 floats and 2 float targets:
+    # 8-byte count header + 4 * (12 + 2) * 4 bytes, plus the 17-byte message header.
+    assert summary["bytes_up"] == 2 * 3 * (17 + 8 + 4 * (12 + 2) * 4)
+    assert summary["final_mse"] > 0

@@ -50,8 +50,10 @@ def decode_vector(payload: bytes, device: torch.device | str = "cpu") -> torch.T
 
 
 def encode_samples(x: torch.Tensor, y: torch.Tensor) -> bytes:
-    """A batch of raw samples (float32 features, int64 labels): what centralizing data costs."""
+    """A batch of raw samples (float32 features; int64 labels, or float32 regression
+    targets): what centralizing data costs."""
     xs = np.ascontiguousarray(x.detach().cpu().numpy(), dtype="<f4")
-    ys = np.ascontiguousarray(y.detach().cpu().numpy(), dtype="<i8")
+    ys = np.ascontiguousarray(y.detach().cpu().numpy(),
+                              dtype="<f4" if y.is_floating_point() else "<i8")
     head = struct.pack("<II", ys.shape[0], int(np.prod(xs.shape[1:], dtype=np.int64)))
     return head + xs.tobytes() + ys.tobytes()
