@@ -201,12 +201,14 @@ def plot_seed002(name: str, rows: list[dict[str, str]], metrics: list[dict[str, 
     plt.close(fig)
 
 
-def trend(rows: list[dict[str, str]], key: str) -> tuple[float, float, float, float]:
+def trend(rows: list[dict[str, str]], key: str, start: int = 0
+          ) -> tuple[float, float, float, float]:
     """(first, last, mean of the last quarter, Spearman rho against the round) of the mean
-    over learner pairs."""
+    over learner pairs, over the probe rounds from ``start`` on."""
     by_round: dict[int, list[float]] = defaultdict(list)
     for r in rows:
-        by_round[int(r["round"])].append(float(r[key]))
+        if int(r["round"]) >= start:
+            by_round[int(r["round"])].append(float(r[key]))
     rounds = sorted(by_round)
     values = np.array([np.mean(by_round[t]) for t in rounds])
     tail = values[-max(1, len(values) // 4):]
@@ -244,7 +246,24 @@ def seed002(out: Path, setup: str) -> str:
         f"above the nosync control's estimator floor late in training: {above_floor}; "
         f"distances grow (rho > 0.3, last > first): {dist_grow}: 'more correlated while not "
         f"closer' {'SUPPORTED' if mi_rises and above_floor and dist_grow else 'NOT supported'}")
+    lines.append(after_minimum(read_csv(out / "seed002" / setup / "probes_parameters.csv")))
     return "\n".join(lines)
+
+
+def after_minimum(rows: list[dict[str, str]]) -> str:
+    """The claim again from the round where the Euclidean distance is smallest: early
+    distances reflect the first steps away from the shared initialization, not learning."""
+    by_round: dict[int, list[float]] = defaultdict(list)
+    for r in rows:
+        by_round[int(r["round"])].append(float(r["dist_euclidean"]))
+    start = min(by_round, key=lambda t: np.mean(by_round[t]))
+    keys = [k for k in rows[0] if k.startswith("mi_") or k.startswith("dist_")]
+    found = {k: trend(rows, k, start) for k in keys}
+    parts = [f"{k} {first:.3f} -> {last:.3f} (rho {rho:+.2f})"
+             for k, (first, last, _, rho) in found.items()]
+    holds = all(found[k][3] > 0.3 and found[k][1] > found[k][0] for k in keys)
+    return (f"from the distances' minimum (round {start}) on: {'; '.join(parts)}: MI rises "
+            f"while distances grow {'SUPPORTED' if holds else 'NOT supported'}")
 
 
 def main(argv: list[str] | None = None) -> int:
