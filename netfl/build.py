@@ -275,10 +275,9 @@ def build(
     source = build_source(scenario, seed, device)
 
     spec = scenario.model
-    activation = spec.activation or ("tanh" if spec.kind == "rnn" else "relu")
     model = build_model(
         spec.kind, source.input_shape, source.num_classes, hidden=spec.hidden,
-        activation=activation,
+        activation=spec.activation,
     )
     opt = scenario.optimizer
     bank = LearnerBank(

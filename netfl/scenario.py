@@ -189,6 +189,9 @@ class DataConfig(Section):
         if self.dataset in REGRESSION and self.partition in ("classes", "dirichlet"):
             raise ValueError(f"partition {self.partition!r} splits by class label; dataset "
                              f"{self.dataset} is a regression task (use iid or shared)")
+        if self.dataset in REGRESSION and (self.augment.shift or self.augment.noise):
+            raise ValueError(f"augment applies to image datasets; noise on {self.dataset} "
+                             f"would change the scale it is asked to predict")
         return self
 
 
@@ -198,6 +201,12 @@ class ModelConfig(Section):
     activation: Literal["relu", "tanh"] | None = Field(
         default=None, description="default: tanh for rnn, relu otherwise"
     )
+
+    @model_validator(mode="after")
+    def _kind_default_activation(self) -> ModelConfig:
+        if self.activation is None:  # filled in, so the resolved scenario says what ran
+            self.activation = "tanh" if self.kind == "rnn" else "relu"
+        return self
     train: Literal["all", "last"] = Field(
         default="all", description="last: only the final layer learns (transfer learning)"
     )
@@ -405,6 +414,13 @@ class Scenario(Section):
     @classmethod
     def _no_probes(cls, value: object) -> object:
         return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _representation_needs_labels(self) -> Scenario:
+        if self.probes.representation is not None and self.data.dataset in REGRESSION:
+            raise ValueError(f"probes.representation: records I(Y;Z) with class labels and "
+                             f"accuracy; dataset {self.data.dataset} is a regression task")
+        return self
 
     def resolved(self) -> dict[str, Any]:
         """Plain data with every default filled in, as written to a run directory."""

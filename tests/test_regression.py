@@ -14,15 +14,15 @@ from netfl.build import build
 from netfl.cli import main
 from netfl.data.datasets import DataError, load_dataset
 from netfl.learning.bank import LearnerBank
-from netfl.learning.models import ModelError, build_model
+from netfl.learning.models import ModelError, build_model, last_layer
 from netfl.run import run
 from netfl.scenario import ScenarioError, from_dict
 from netfl.sweep import format_table
 
 from .conftest import BASE, merge
 
-SIGNAL = {"dataset": "signal", "params": {"n_samples": 90, "length": 12}, "batch_size": 4,
-          "test_fraction": 0.2}
+SIGNAL = {"dataset": "signal", "batch_size": 4, "test_fraction": 0.2,
+          "params": {"n_samples": 90, "length": 12, "min_cycles": 2, "max_cycles": 5}}
 RNN_MODEL = {"kind": "rnn", "hidden": [4, 3]}
 
 
@@ -61,6 +61,7 @@ def test_signal_is_deterministic_and_seeded():
     ({"min_scale": 2.0, "max_scale": 1.0}, "max_scale"),
     ({"min_cycles": 5, "max_cycles": 2}, "max_cycles"),
     ({"length": 1}, "length"),
+    ({"length": 20, "max_cycles": 12}, "Nyquist"),
     ({"period": 3}, "period"),
 ])
 def test_signal_rejects_bad_parameters(params, needle):
@@ -74,7 +75,7 @@ def test_signal_rejects_bad_parameters(params, needle):
 def test_seed002_network_has_394_parameters():
     model = build_model("rnn", (64, 1), 2, hidden=[4] * 11)
     assert sum(p.numel() for p in model.parameters()) == 394
-    assert model.activation == "relu"  # build_model's default; scenarios default rnn to tanh
+    assert model.activation == "tanh"  # Keras' SimpleRNN default
     x = torch.randn(5, 64, 1)
     assert model(x).shape == (5, 2) and model(x, features=True).shape == (5, 4)
 
@@ -108,10 +109,15 @@ def test_rnn_starts_from_keras_initialization():
 
 
 def test_rnn_reads_images_row_by_row():
-    model = build_model("rnn", (1, 8, 8), 10, hidden=[5], seed=1)
-    assert model.steps == 8 and model.inputs[0].weight.shape == (5, 8)
-    images = torch.rand(3, 1, 8, 8)
-    torch.testing.assert_close(model(images), model(images.reshape(3, 64)))
+    model = build_model("rnn", (3, 5, 7), 4, hidden=[6], seed=1)
+    assert model.steps == 5 and model.inputs[0].weight.shape == (6, 21)
+    images = torch.rand(2, 3, 5, 7)
+    w, b, u = model.inputs[0].weight, model.inputs[0].bias, model.recurrent[0].weight
+    h = torch.zeros(2, 6)
+    for row in range(5):  # step t sees row t of every channel
+        h = torch.tanh(images[:, :, row, :].reshape(2, 21) @ w.T + b + h @ u.T)
+    torch.testing.assert_close(model(images, features=True), h)
+    torch.testing.assert_close(model(images.reshape(2, -1)), model(images))
 
 
 def test_forward_stacked_equals_each_model_alone():
@@ -135,23 +141,54 @@ def test_rnn_rejects_bad_specs(shape, hidden, needle):
 # --------------------------------------------------------------------------- the bank
 
 
-@pytest.mark.parametrize("loss, outputs", [("mse", 2), ("cross_entropy", 3)])
-def test_stacked_autograd_path_equals_vmap_path(loss, outputs):
+@pytest.mark.parametrize("loss, outputs, reduction, train, optimizer", [
+    ("mse", 2, "mean", "all", "adam"),
+    ("mse", 2, "sum", "last", "sgd"),
+    ("cross_entropy", 3, "mean", "all", "sgd"),
+    ("cross_entropy", 3, "sum", "last", "adam"),
+])
+def test_stacked_autograd_path_equals_vmap_path(loss, outputs, reduction, train, optimizer):
     model = build_model("rnn", (9, 2), outputs, hidden=[4, 3], activation="tanh")
-    fast = LearnerBank(model, 3, optimizer="adam", lr=0.01, loss=loss, seed=3, init_noise=0.1)
-    slow = LearnerBank(model, 3, optimizer="adam", lr=0.01, loss=loss, seed=3, init_noise=0.1)
+    extra = {"momentum": 0.9, "weight_decay": 0.01} if optimizer == "sgd" else {}
+    options = dict(optimizer=optimizer, lr=0.01, loss=loss, seed=3, init_noise=0.1,
+                   reduction=reduction, trainable=last_layer(model) if train == "last" else None,
+                   **extra)
+    fast, slow = LearnerBank(model, 3, **options), LearnerBank(model, 3, **options)
     slow._stacked_forward = None  # force the generic vmap(grad) path
+    start = fast.flat()
     gen = torch.Generator().manual_seed(0)
-    for _ in range(4):
+    for step in range(4):
         x = torch.randn(3, 5, 9, 2, generator=gen)
         if loss == "mse":
             y = torch.randn(3, 5, outputs, generator=gen)
         else:
             y = torch.randint(0, outputs, (3, 5), generator=gen)
-        a, b = fast.step(None, x, y), slow.step(None, x, y)
+        idx = None if step % 2 == 0 else [2, 0]  # a subset of learners, out of order
+        if idx is not None:
+            x, y = x[:2], y[:2]
+        a, b = fast.step(idx, x, y), slow.step(idx, x, y)
         torch.testing.assert_close(a.loss_sum, b.loss_sum)
         assert torch.equal(a.correct, b.correct)
     torch.testing.assert_close(fast.flat(), slow.flat())
+    if train == "last":  # frozen layers never move
+        frozen = fast.flat()[:, : fast.num_params - sum(fast.params[n][0].numel()
+                                                         for n in fast.trainable)]
+        torch.testing.assert_close(frozen, start[:, : frozen.shape[1]], rtol=0, atol=0)
+
+
+def test_stacked_path_gives_unused_parameters_a_zero_gradient():
+    model = build_model("rnn", (1, 3), 2, hidden=[4])  # one step: U never acts
+    bank = LearnerBank(model, 2, loss="mse", lr=0.1)
+    before = bank.get()
+    bank.step(None, torch.randn(2, 5, 1, 3), torch.randn(2, 5, 2))
+    assert torch.equal(bank.params["recurrent.0.weight"], before["recurrent.0.weight"])
+    assert not torch.equal(bank.params["out.weight"], before["out.weight"])
+
+
+def test_regression_targets_need_their_trailing_dimension():
+    bank = LearnerBank(build_model("linear", (3,), 1), 2, loss="mse")
+    with pytest.raises(ValueError, match=r"\[k, B, T\]"):
+        bank.step(None, torch.randn(2, 4, 3), torch.randn(2, 4))
 
 
 def test_mse_step_reports_the_squared_error_before_the_update():
@@ -170,22 +207,26 @@ def test_mse_step_reports_the_squared_error_before_the_update():
     assert (after < expected).all()
 
 
+def _squared_error(model, params, x, y):
+    return (torch.func.functional_call(model, params, (x,)) - y).square().mean(-1).sum()
+
+
 def test_mse_evaluate_shared_and_per_model_targets():
-    model = build_model("linear", (3,), 2)
+    model = build_model("rnn", (6, 1), 2, hidden=[3])
     bank = LearnerBank(model, 2, loss="mse", seed=2, init_noise=0.5)
-    x, y = torch.randn(7, 3), torch.randn(7, 2)
     params = bank.get()
+    one = [{n: p[i] for n, p in params.items()} for i in range(2)]
+    x, y = torch.randn(7, 6, 1), torch.randn(7, 2)
     loss, correct = bank.evaluate(params, x, y, batch=4)  # chunked over samples
-    manual = torch.stack([((x @ params["out.weight"][i].T + params["out.bias"][i]) - y)
-                          .square().mean(-1).sum() for i in range(2)])
+    manual = torch.stack([_squared_error(model, one[i], x, y) for i in range(2)])
     torch.testing.assert_close(loss, manual)
     assert correct.tolist() == [0, 0]
-    each, _ = bank.evaluate(params, x.expand(2, 7, 3), y.expand(2, 7, 2))
-    torch.testing.assert_close(each, manual)
-    single, _ = bank.evaluate(bank.mean(), x, y)
-    mean = bank.mean()
+    xs, ys = torch.randn(2, 7, 6, 1), torch.randn(2, 7, 2)  # each model its own data
+    each, _ = bank.evaluate(params, xs, ys, batch=6)
     torch.testing.assert_close(
-        single, ((x @ mean["out.weight"].T + mean["out.bias"]) - y).square().mean(-1).sum())
+        each, torch.stack([_squared_error(model, one[i], xs[i], ys[i]) for i in range(2)]))
+    single, _ = bank.evaluate(bank.mean(), x, y)
+    torch.testing.assert_close(single, _squared_error(model, bank.mean(), x, y))
 
 
 def test_unknown_loss_is_rejected():
@@ -211,7 +252,8 @@ def test_regression_run_reports_mse_not_accuracy(tmp_path):
 
 
 def test_regression_training_lowers_test_mse():
-    s = signal_scenario(data={"params": {"n_samples": 300, "length": 8}, "batch_size": 10},
+    s = signal_scenario(data={"params": {"n_samples": 300, "length": 8, "max_cycles": 4},
+                                  "batch_size": 10},
                         model={"hidden": [8]}, protocol={"name": "periodic", "b": 2},
                         horizon={"rounds": 60})
     sim = build(s).simulation
@@ -233,9 +275,18 @@ def test_class_partitions_are_refused_for_regression():
 
 
 def test_representation_probe_needs_class_labels():
-    s = signal_scenario(probes={"representation": {"every": 5, "samples": 20}})
     with pytest.raises(ScenarioError, match="probes.representation"):
-        build(s)
+        signal_scenario(probes={"representation": {"every": 5, "samples": 20}})
+
+
+def test_augmenting_a_regression_dataset_is_refused():
+    with pytest.raises(ScenarioError, match="augment"):
+        signal_scenario(data={"augment": {"noise": 0.1}})
+
+
+def test_resolved_scenario_names_the_activation_that_ran():
+    assert signal_scenario().resolved()["model"]["activation"] == "tanh"
+    assert from_dict(BASE).resolved()["model"]["activation"] == "relu"
 
 
 def test_parameter_probe_runs_on_the_regression_task(tmp_path):
@@ -271,3 +322,5 @@ def test_serial_ships_regression_targets_as_float32(tmp_path):
     # 8-byte count header + 4 * (12 + 2) * 4 bytes, plus the 17-byte message header.
     assert summary["bytes_up"] == 2 * 3 * (17 + 8 + 4 * (12 + 2) * 4)
     assert summary["final_mse"] > 0
+    with (tmp_path / "serial" / "metrics.csv").open() as handle:
+        assert [int(r["samples"]) for r in csv.DictReader(handle)] == [3 * 4, 3 * 4]

@@ -283,6 +283,9 @@ def _load_signal(
         raise DataError(f"signal: max_scale {max_scale} is below min_scale {min_scale}")
     if max_cycles < min_cycles:
         raise DataError(f"signal: max_cycles {max_cycles} is below min_cycles {min_cycles}")
+    if max_cycles > length / 2:
+        raise DataError(f"signal: max_cycles {max_cycles} exceeds length/2 = {length / 2} "
+                        f"(Nyquist: faster components alias)")
 
     rng = np.random.default_rng(seed)
     t = np.arange(length) / length

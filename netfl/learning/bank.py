@@ -198,8 +198,13 @@ class LearnerBank:
                 picked = torch.log_softmax(out, dim=-1).gather(-1, y.unsqueeze(-1))
                 loss_sum = -picked.squeeze(-1).sum(-1)
             obj = loss_sum.sum() if self.reduction == "sum" else loss_sum.sum() / y.shape[1]
-            found = torch.autograd.grad(obj, [leaves[n] for n in self.trainable])
-        return dict(zip(self.trainable, found, strict=True)), (loss_sum.detach(), out.detach())
+            # A parameter the graph never reaches (an RNN over one time step has no use
+            # for its recurrent kernel) gets a zero gradient, as vmap(grad) gives it.
+            found = torch.autograd.grad(obj, [leaves[n] for n in self.trainable],
+                                        allow_unused=True, materialize_grads=True)
+        # Contiguous like the parameters, so the optimizer's fused multi-tensor ops apply.
+        grads = {n: g.contiguous() for n, g in zip(self.trainable, found, strict=True)}
+        return grads, (loss_sum.detach(), out.detach())
 
     def _index(self, idx: IndexLike) -> tuple[Tensor | None, int]:
         """(device index tensor or None for 'all learners in order', k)."""
@@ -276,6 +281,9 @@ class LearnerBank:
             self.input_shape = tuple(x.shape[2:])
         if x.shape[0] != k or y.shape[0] != k:
             raise ValueError(f"x, y: leading size must be k={k}, got {x.shape[0]}, {y.shape[0]}")
+        if y.dim() != (3 if self.regression else 2):
+            want = "[k, B, T] regression targets" if self.regression else "[k, B] labels"
+            raise ValueError(f"y: expected {want}, got shape {tuple(y.shape)}")
         x, y = self._inputs(x), self._targets(y)
         current = self._select(index)
         if self._stacked_forward is not None:

@@ -258,7 +258,7 @@ def build_model(
     num_classes: int,
     *,
     hidden: list[int] | None = None,
-    activation: str = "relu",
+    activation: str | None = None,
     seed: int = 0,
 ) -> nn.Module:
     """Build a model of ``kind`` ('linear', 'mlp', 'cnn' or 'rnn').
@@ -269,6 +269,7 @@ def build_model(
     ``[64, 64]``), the CNN's fully connected layers (default ``[120, 84]``) or the RNN's
     stacked recurrent layers (default ``[4]``); it must be empty or None for 'linear'.
     ``num_classes`` is the number of outputs: classes, or regression targets (>= 1).
+    ``activation`` defaults to tanh for 'rnn' (Keras' SimpleRNN) and relu otherwise.
     Parameters are initialised like PyTorch's defaults from a local generator seeded by
     ``seed`` (the global RNG is untouched).
     Raises ``ModelError`` naming the offending parameter.
@@ -282,6 +283,8 @@ def build_model(
         raise ModelError("input_shape: must have at least one dimension, got ()")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ModelError(f"num_classes: must be a positive integer, got {num_classes!r}")
+    if activation is None:
+        activation = "tanh" if kind == "rnn" else "relu"
     if activation not in ACTIVATIONS:
         raise ModelError(f"activation: must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     widths = None if hidden is None else _check_widths(hidden)

@@ -218,7 +218,7 @@ class Simulation:
         total = torch.zeros((), device=self.bank.device)
         for j in range(x.shape[0]):
             total += self.bank.step(idx, x[j : j + 1], y[j : j + 1]).loss_sum.sum()
-        return np.array([float(total)]), np.array([y.numel()], dtype=np.int64)
+        return np.array([float(total)]), np.array([y.shape[0] * y.shape[1]], dtype=np.int64)
 
     def apply_pending(self) -> None:
         """Assign every received model, one batched assign per distinct payload."""
