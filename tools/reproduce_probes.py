@@ -257,9 +257,11 @@ def after_minimum(rows: list[dict[str, str]]) -> str:
     for r in rows:
         by_round[int(r["round"])].append(float(r["dist_euclidean"]))
     start = min(by_round, key=lambda t: np.mean(by_round[t]))
-    if start == max(by_round):
-        return (f"the distances are smallest at the last probe round ({start}): they never "
-                f"grow, so MI rises while distances grow is NOT supported")
+    after = sum(t >= start for t in by_round)
+    if after < max(5, len(by_round) // 4):
+        return (f"the distances are smallest at round {start}, with {after} of "
+                f"{len(by_round)} probe rounds after it: too late to call it growth, so MI "
+                f"rises while distances grow is NOT supported")
     keys = [k for k in rows[0] if k.startswith("mi_") or k.startswith("dist_")]
     found = {k: trend(rows, k, start) for k in keys}
     parts = [f"{k} {first:.3f} -> {last:.3f} (rho {rho:+.2f})"
