@@ -211,10 +211,6 @@ def build_probes(
             raise ScenarioError(
                 f"probes.representation: needs a fixed dataset with per-learner partitions, "
                 f"got the drifting stream {scenario.data.dataset!r}")
-        if source.task != "classification":
-            raise ScenarioError(
-                f"probes.representation: records I(Y;Z) with class labels and accuracy; "
-                f"dataset {scenario.data.dataset!r} is a regression task")
         data = scenario.data
         parts = partition(
             source.dataset.y_train.cpu().numpy(), m, data.partition, seed=seed["data"],

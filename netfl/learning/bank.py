@@ -174,16 +174,18 @@ class LearnerBank:
         self, params: dict[str, Tensor], x: Tensor, y: Tensor
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         logits = functional_call(self.model, params, (x,))
-        if self.regression:
-            loss_sum = (logits - y).square().mean(-1).sum()
-            obj = loss_sum if self.reduction == "sum" else loss_sum / y.shape[0]
-            return obj, (loss_sum, logits)
-        # Cross-entropy as -sum log_softmax[y]: the same value as F.cross_entropy, but
-        # fewer operators under vmap (nll_loss's batching rule decomposes), ~7% faster.
-        picked = torch.log_softmax(logits, dim=-1).gather(-1, y.unsqueeze(-1))
-        loss_sum = -picked.sum()
+        loss_sum = self._sample_losses(logits, y).sum()
         obj = loss_sum if self.reduction == "sum" else loss_sum / y.shape[0]
         return obj, (loss_sum, logits)
+
+    def _sample_losses(self, out: Tensor, y: Tensor) -> Tensor:
+        """Per-sample training loss ``[..., B]`` of outputs ``[..., B, C]``: squared error
+        averaged over the targets, or cross-entropy as -log_softmax[y] (the same value as
+        F.cross_entropy, with fewer operators under vmap, whose nll_loss batching rule
+        decomposes: ~7% faster)."""
+        if self.regression:
+            return (out - y).square().mean(-1)
+        return -torch.log_softmax(out, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
 
     def _train_stacked(
         self, params: dict[str, Tensor], x: Tensor, y: Tensor
@@ -192,11 +194,7 @@ class LearnerBank:
         leaves = {n: p.detach().requires_grad_(n in self.trainable) for n, p in params.items()}
         with torch.enable_grad():
             out = self._stacked_forward(leaves, x)
-            if self.regression:
-                loss_sum = (out - y).square().mean(-1).sum(-1)
-            else:
-                picked = torch.log_softmax(out, dim=-1).gather(-1, y.unsqueeze(-1))
-                loss_sum = -picked.squeeze(-1).sum(-1)
+            loss_sum = self._sample_losses(out, y).sum(-1)
             obj = loss_sum.sum() if self.reduction == "sum" else loss_sum.sum() / y.shape[1]
             # A parameter the graph never reaches (an RNN over one time step has no use
             # for its recurrent kernel) gets a zero gradient, as vmap(grad) gives it.
@@ -450,7 +448,7 @@ class LearnerBank:
                 continue
             ys = y.narrow(y.dim() + y_axis, s, xs.shape[n_axis])
             if self.regression:
-                loss += (out - ys).square().mean(-1).sum(-1)
+                loss += self._sample_losses(out, ys).sum(-1)
                 continue
             if stacked:
                 ys = ys.expand(k, -1) if ys.dim() == 1 else ys

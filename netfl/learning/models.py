@@ -202,25 +202,21 @@ class RNN(nn.Module):
         return x.reshape(x.shape[0], self.steps, -1)
 
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
-        seq = self._sequence(x)
-        h = seq.new_zeros(())
-        for project, recur in zip(self.inputs, self.recurrent):
-            drive = project(seq)  # [N, T, H]: the input part of every step at once
-            h = self._act(drive[:, 0])
-            outs = [h]
-            for t in range(1, self.steps):
-                h = self._act(drive[:, t] + recur(h))
-                outs.append(h)
-            seq = torch.stack(outs, dim=1)
-        return h if features else self.out(h)
+        # One model is a stack of one. named_parameters() sees the tensors that
+        # torch.func.functional_call substitutes, so vmap over this works as for any model.
+        params = {name: p.unsqueeze(0) for name, p in self.named_parameters()}
+        return self.forward_stacked(params, x.unsqueeze(0), features)[0]
 
-    def forward_stacked(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Outputs ``[k, N, outputs]`` of k models at once (``params`` stacked ``[k, ...]``,
-        ``x [k, N, *input_shape]``), written with batched matmuls.
+    def forward_stacked(
+        self, params: dict[str, torch.Tensor], x: torch.Tensor, features: bool = False
+    ) -> torch.Tensor:
+        """Outputs ``[k, N, outputs]`` (or the last hidden states ``[k, N, H]``) of k models
+        at once (``params`` stacked ``[k, ...]``, ``x [k, N, *input_shape]``), written with
+        batched matmuls.
 
         The bank differentiates this with plain autograd instead of ``vmap(grad(...))``: a
-        recurrence is hundreds of tiny ops, and vmap's per-op cost made a step about 3x
-        slower (measured on the 394-parameter seed 002 network)."""
+        recurrence is hundreds of tiny ops, and vmap's per-op cost made a step 3 to 6 times
+        slower (tools/bench/bench_rnn.py, the 394-parameter seed 002 network)."""
         k, n = x.shape[:2]
         seq = self._sequence(x.reshape(k * n, *x.shape[2:])).reshape(k, n * self.steps, -1)
         h = seq
@@ -235,6 +231,8 @@ class RNN(nn.Module):
                 h = self._act(torch.baddbmm(steps[t], h, recur_t))
                 outs.append(h)
             seq = torch.stack(outs, dim=2).reshape(k, n * self.steps, -1)
+        if features:
+            return h
         head = params["out.weight"].transpose(1, 2)
         return torch.baddbmm(params["out.bias"].unsqueeze(1), h, head)
 
