@@ -41,6 +41,7 @@ from netfl.scenario import (
 )
 from netfl.sim import topology
 from netfl.sim.engine import COORDINATOR, Simulation
+from netfl.sim.failures import Failures, elements
 from netfl.sim.network import Network
 
 SEED_STREAMS = ("data", "init", "stream", "network", "protocol", "compute", "drift")
@@ -87,8 +88,11 @@ def build_graph(scenario: Scenario, m: int, seed: int) -> tuple[nx.Graph, Any, l
             n = m + 1  # the coordinator's node plus one per learner
         graph = topology.generate(net.topology.generator, n, seed=seed, **params)
     overrides = [o.model_dump(exclude_none=True) for o in net.links]
+    tiers = {name: t.model_dump(exclude_none=True) for name, t in net.tiers.items()}
     graph = topology.configure_links(
-        graph, bandwidth=net.bandwidth, latency=net.latency, loss=net.loss, overrides=overrides
+        graph, bandwidth=net.bandwidth, reverse_bandwidth=net.reverse_bandwidth,
+        latency=net.latency, loss=net.loss, tiers=tiers, overrides=overrides,
+        tiers_key="network.tiers", overrides_key="network.links",  # the keys the user wrote
     )
     coordinator, nodes = topology.place(
         graph, m, coordinator=net.coordinator, learners=net.placement
@@ -258,6 +262,7 @@ def build(
     on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     on_probe: ProbeSink | None = None,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
     seed_overrides: dict[str, int] | None = None,
 ) -> Built:
     """Wire a Simulation; ``on_probe(table, columns, rows)`` receives the probes' rows and
@@ -294,10 +299,15 @@ def build(
     graph, coordinator, nodes = build_graph(scenario, m, seed["network"])
     env = simpy.Environment()
     placement: dict[Any, Any] = {COORDINATOR: coordinator, **dict(enumerate(nodes))}
+    net = scenario.network
+    loss_seed, failure_seed = np.random.SeedSequence(seed["network"]).spawn(2)
     network = Network(
-        env, graph, placement, rng=np.random.default_rng(seed["network"]),
-        retransmit_timeout=scenario.network.retransmit_timeout,
+        env, graph, placement, rng=np.random.default_rng(loss_seed), model=net.model,
+        retransmit_timeout=net.retransmit_timeout, tcp_window=net.tcp_window,
+        give_up=net.give_up, on_message=on_message,
     )
+    failures = build_failures(scenario, env, network, np.random.default_rng(failure_seed),
+                              on_event)
 
     protocol_cls = PROTOCOLS[scenario.protocol.name]
 
@@ -320,6 +330,29 @@ def build(
         on_event=on_event, uplink=uplink, downlink=downlink,
         batches_per_step=m if serial else 1,
     )
+    if failures is not None:
+        failures.quiet = simulation.quiet
     probes = build_probes(scenario, seed, simulation, source, on_probe)
     simulation.observers.extend(probes)
     return Built(simulation, source, graph, device, probes)
+
+
+def build_failures(scenario: Scenario, env: simpy.Environment, network: Network,
+                   rng: np.random.Generator, on_event) -> Failures | None:
+    """The scenario's link and node failures; a bad link or node names its entry."""
+    entries = scenario.network.failures
+    if not entries:
+        return None
+    failures = Failures(env, network, rng, on_event)
+    for i, entry in enumerate(entries):
+        try:
+            if entry.link is not None:
+                failures.scheduled(("link", tuple(entry.link)), entry.at, entry.for_)
+            elif entry.node is not None:
+                failures.scheduled(("node", entry.node), entry.at, entry.for_)
+            else:
+                chosen = elements(network.graph, entry.links, entry.nodes)
+                failures.random(chosen, entry.mtbf, entry.mttr)
+        except ValueError as exc:
+            raise ScenarioError(f"network.failures[{i}]: {exc}") from None
+    return failures

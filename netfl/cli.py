@@ -1,4 +1,4 @@
-"""Command line: `netfl run`, `netfl validate`, `netfl sweep`, `netfl plot`.
+"""Command line: `netfl run`, `netfl validate`, `netfl sweep`, `netfl plot`, `netfl topo`.
 
 Errors a user can cause print one line naming the key or file and exit 2;
 anything else is a bug and keeps its traceback.
@@ -71,6 +71,15 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_topo(args: argparse.Namespace) -> int:
+    from netfl.topo_report import topo
+
+    text, figure = topo(args.file, args.out, args.set)
+    print(text)
+    print(f"figure: {figure}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="netfl", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -103,6 +112,15 @@ def parser() -> argparse.ArgumentParser:
     p_plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p_plot.add_argument("--out", help="directory for tradeoff.png (default: beside the runs)")
     p_plot.set_defaults(func=_cmd_plot)
+
+    p_topo = sub.add_parser("topo", help="describe a topology or a scenario's network, draw it")
+    p_topo.add_argument("file", help="topology file (.graphml, .edgelist, .yaml) or scenario YAML")
+    p_topo.add_argument("--out", help="PNG path (default: <stem>_topology.png beside the file)")
+    p_topo.add_argument(
+        "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="override a scenario key (scenario files only; repeatable)",
+    )
+    p_topo.set_defaults(func=_cmd_topo)
     return top
 
 
@@ -117,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, _user_errors()):
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
+        from netfl.run import RunError
+
+        if isinstance(exc, RunError):  # e.g. a deadlock: the run directory has its summary
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         raise
 
 

@@ -17,11 +17,14 @@ import yaml
 
 BASE_COLUMNS = [
     "round", "sim_time_s", "loss", "samples", "cumulative_loss", "bytes_up", "bytes_down",
-    "bytes_total", "messages", "syncs", "drifts", "divergence",
+    "bytes_peer", "bytes_total", "messages", "retransmissions", "messages_lost", "messages_late",
+    "syncs", "drifts", "divergence",
 ]
+_MESSAGE_BUFFER = 4096  # message rows are written in blocks: one per message would be slow
 ROUND_COLUMNS = [*BASE_COLUMNS, "acc_mean_model", "acc_local_mean"]  # a classification run
 LEARNER_COLUMNS = ["round", "learner", "sim_time_s", "loss"]
-EVENT_COLUMNS = ["round", "sim_time_s", "event", "kind", "concept_from", "concept_to"]
+EVENT_COLUMNS = ["round", "sim_time_s", "event", "kind", "concept_from", "concept_to",
+                 "element"]
 SUMMARY_KEYS = [
     "status", "rounds", "learners", "cumulative_loss", "bytes_up", "bytes_down", "bytes_total",
     "messages", "sim_time_s", "wall_time_s", "final_accuracy", "seed",
@@ -79,9 +82,34 @@ class Recorder:
         columns = [*BASE_COLUMNS, *eval_columns, *extra_columns]
         self.rounds = _Table(run_dir / "metrics.csv", columns)
         self._tables: dict[str, _Table] = {}
+        self._buffers: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}
+        self._accuracy: list[tuple[float, float]] = []  # (sim time, acc_mean_model)
 
     def round(self, row: dict[str, Any]) -> None:
         self.rounds.write([row])
+        if row.get("acc_mean_model") is not None:
+            self._accuracy.append((row["sim_time_s"], row["acc_mean_model"]))
+        for table in list(self._buffers):  # a round's messages are on disk with its row
+            self._flush_buffer(table)
+
+    def first_reaching(self, target: float | None) -> float | None:
+        """Simulated time of the first evaluation whose mean-model accuracy reached target."""
+        if target is None:
+            return None
+        return next((t for t, acc in self._accuracy if acc >= target), None)
+
+    def buffered(self, table: str, columns: list[str], row: dict[str, Any]) -> None:
+        """A row of a high-volume table, written in blocks (and with every metrics row)."""
+        entry = self._buffers.setdefault(table, (columns, []))
+        entry[1].append(row)
+        if len(entry[1]) >= _MESSAGE_BUFFER:
+            self._flush_buffer(table)
+
+    def _flush_buffer(self, table: str) -> None:
+        columns, rows = self._buffers[table]
+        if rows:
+            self.rows(table, columns, rows)
+            rows.clear()
 
     def rows(self, table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
         """Rows of a secondary table (per learner, events, probes), created on first use."""
@@ -89,13 +117,15 @@ class Recorder:
             self._tables[table] = _Table(self.run_dir / f"{table}.csv", columns)
         self._tables[table].write(rows)
 
-    def close(self, summary: dict[str, Any], links: dict[tuple[Any, Any], int] | None = None):
+    def close(self, summary: dict[str, Any], links: list[dict[str, Any]] | None = None):
+        """Write what is buffered, links.csv (one row per link direction) and the summary."""
+        for table in list(self._buffers):
+            self._flush_buffer(table)
         if links:
             with (self.run_dir / "links.csv").open("w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["src_node", "dst_node", "bytes"])
-                for (u, v), count in sorted(links.items(), key=lambda kv: str(kv[0])):
-                    writer.writerow([u, v, count])
+                writer = csv.DictWriter(handle, list(links[0]))
+                writer.writeheader()
+                writer.writerows(links)
         self.rounds.close()
         for table in self._tables.values():
             table.close()

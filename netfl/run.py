@@ -12,6 +12,8 @@ from tqdm import tqdm
 from netfl.build import build
 from netfl.results import EVENT_COLUMNS, LEARNER_COLUMNS, Recorder, prepare_run_dir
 from netfl.scenario import Scenario
+from netfl.sim.engine import DeadlockError
+from netfl.sim.network import MESSAGE_COLUMNS
 
 
 def _human_bytes(count: float) -> str:
@@ -50,13 +52,18 @@ def run(scenario: Scenario, out: str | None = None, *, progress: bool = True) ->
     def on_event(row: dict[str, Any]) -> None:
         recorder.rows("events", EVENT_COLUMNS, [row])
 
+    on_message = None
+    if scenario.output.messages:
+        def on_message(row: dict[str, Any]) -> None:
+            recorder.buffered("messages", MESSAGE_COLUMNS, row)
+
     def on_probe(table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
         recorder.rows(table, columns, rows)
 
     started = time.perf_counter()
     try:
         built = build(scenario, on_round=on_round, on_learners=on_learners, on_event=on_event,
-                      on_probe=on_probe)
+                      on_probe=on_probe, on_message=on_message)
     except BaseException:
         bar.close()
         run_dir.rmdir()  # nothing was written yet; leave no empty run behind
@@ -64,21 +71,36 @@ def run(scenario: Scenario, out: str | None = None, *, progress: bool = True) ->
     sim = built.simulation
     extra = list(sim.protocol.counters) + [f"bytes_{k}" for k in sim.protocol.message_kinds]
     recorder = Recorder(run_dir, scenario.resolved(), extra, sim.eval_columns)
-    status = "failed"
+    status, error = "failed", None
     try:
         sim.run()
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
+    except DeadlockError as exc:
+        error = str(exc)
     finally:
         bar.close()
-        summary = summarize(sim, scenario, status, time.perf_counter() - started)
+        if on_message is not None:
+            for row in sim.network.undelivered_rows():
+                recorder.buffered("messages", MESSAGE_COLUMNS, row)
+        summary = summarize(sim, scenario, status, time.perf_counter() - started,
+                            recorder.first_reaching(scenario.eval.target_accuracy))
+        if error is not None:
+            summary["error"] = error
         summary["run_dir"] = str(Path(run_dir))
-        recorder.close(summary, links=sim.network.link_bytes)
+        recorder.close(summary, links=sim.network.link_stats())
+    if error is not None:
+        raise RunError(f"{run_dir}: {error}")
     return summary
 
 
-def summarize(sim, scenario: Scenario, status: str, wall: float) -> dict[str, Any]:
+class RunError(RuntimeError):
+    """A run that could not finish (a protocol waiting forever); its directory has a summary."""
+
+
+def summarize(sim, scenario: Scenario, status: str, wall: float,
+              time_to_accuracy: float | None = None) -> dict[str, Any]:
     net = sim.network
     final = sim.evaluate() if status != "failed" else {}
     return {
@@ -90,7 +112,14 @@ def summarize(sim, scenario: Scenario, status: str, wall: float) -> dict[str, An
         "bytes_up": net.bytes_up,
         "bytes_down": net.bytes_down,
         "bytes_total": net.bytes_total,
+        "bytes_peer": net.bytes_peer,
         "messages": net.messages,
+        "retransmissions": net.retransmissions,
+        "messages_lost": net.messages_lost,
+        "messages_late": sim.counters["messages_late"],
+        "network_model": scenario.network.model,
+        "most_loaded_link": net.most_loaded_link(),
+        "time_to_accuracy_s": time_to_accuracy,
         "syncs": sim.counters["syncs"],
         "drifts": sim.counters["drifts"],
         "sim_time_s": sim.env.now,

@@ -66,21 +66,90 @@ class TopologyGenerator(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+Bytes = Annotated[float, _unit(units.size_bytes), Field(gt=0)]
+
+
 class LinkOverride(Section):
+    """One link's settings; u -> v gets ``bandwidth``, v -> u ``reverse_bandwidth`` if given."""
+
     u: Node
     v: Node
     bandwidth: BitsPerSecond | None = None
+    reverse_bandwidth: BitsPerSecond | None = None
     latency: Seconds | None = None
     loss: Probability | None = None
 
 
+class TierSettings(Section):
+    """Settings for every link of one tier (``access``: learner links, ``core``: the rest).
+
+    Generated trees write each link parent -> child, so ``bandwidth`` is the downlink
+    (towards the learners) and ``reverse_bandwidth`` the uplink."""
+
+    bandwidth: BitsPerSecond | None = None
+    reverse_bandwidth: BitsPerSecond | None = None
+    latency: Seconds | None = None
+    loss: Probability | None = None
+
+
+class FailureConfig(Section):
+    """Links or nodes that go down and come back.
+
+    Scheduled: ``{link: [u, v], at: 30 s, for: 10 s}`` or ``{node: x, at, for}`` (no
+    ``for``: down for good). Random: ``{links: all|access|core, mtbf, mttr}`` or
+    ``{nodes: all, mtbf, mttr}``: every such element fails independently, up and down
+    times exponential with those means, drawn from the network's seed."""
+
+    link: tuple[Node, Node] | None = None
+    node: Node | None = None
+    links: Literal["all", "access", "core"] | None = None
+    nodes: Literal["all"] | None = None
+    at: Seconds | None = None
+    for_: PositiveSeconds | None = Field(default=None, alias="for")
+    mtbf: PositiveSeconds | None = None
+    mttr: PositiveSeconds | None = None
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> FailureConfig:
+        targets = [k for k in ("link", "node", "links", "nodes") if getattr(self, k) is not None]
+        if len(targets) != 1:
+            raise ValueError("give exactly one of link, node (scheduled) or links, nodes "
+                             f"(random), got {targets or 'none'}")
+        if targets[0] in ("link", "node"):
+            if self.at is None:
+                raise ValueError(f"a scheduled {targets[0]} failure needs at: (when it goes down)")
+            if self.mtbf is not None or self.mttr is not None:
+                raise ValueError("mtbf and mttr are for random failures (links: or nodes:)")
+        else:
+            if self.mtbf is None or self.mttr is None:
+                raise ValueError(f"random {targets[0]} failures need mtbf and mttr")
+            if self.at is not None or self.for_ is not None:
+                raise ValueError("at and for are for scheduled failures (link: or node:)")
+        return self
+
+
 class NetworkConfig(Section):
     topology: TopologyGenerator | TopologyFile = Field(default_factory=TopologyGenerator)
+    model: Literal["flow", "store_and_forward"] = Field(
+        default="flow", description="flow: max-min fair sharing (SimGrid CM02); "
+        "store_and_forward: whole messages per hop, FIFO per link")
     bandwidth: BitsPerSecond = 100e6
+    reverse_bandwidth: BitsPerSecond | None = Field(
+        default=None, description="v -> u of every link (default: bandwidth)")
     latency: Seconds = 0.01
     loss: Probability = 0.0
+    tiers: dict[Literal["access", "core"], TierSettings] = Field(default_factory=dict)
     retransmit_timeout: PositiveSeconds = 0.2
+    give_up: PositiveSeconds | None = Field(
+        default=60.0, description="seconds after sending at which an undelivered message is "
+        "dropped as lost; null: never")
+    tcp_window: Bytes | None = Field(
+        default=None, description="flow model: rate <= window / RTT (RTT = 2 x route latency)")
     links: list[LinkOverride] = Field(default_factory=list)
+    failures: list[FailureConfig] = Field(default_factory=list)
     coordinator: Node | None = None
     placement: list[Node] | None = None
 
@@ -88,6 +157,16 @@ class NetworkConfig(Section):
     @classmethod
     def _file_shorthand(cls, value: object) -> object:
         return {"file": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _flow_only(self) -> NetworkConfig:
+        if self.model == "store_and_forward":
+            if self.tcp_window is not None:
+                raise ValueError("tcp_window bounds a flow's rate: needs model: flow")
+            if self.failures:
+                raise ValueError("failures need model: flow (store_and_forward has no "
+                                 "flows to abort)")
+        return self
 
 
 # -------------------------------------------------------------------- learners
@@ -241,12 +320,18 @@ class Serial(Section):
 class Continuous(Section):
     name: Literal["continuous"]
     wait: bool = True
+    deadline: PositiveSeconds | None = Field(
+        default=None, description="seconds after a round's first model at which the "
+        "coordinator averages what arrived; later models are late")
 
 
 class Periodic(Section):
     name: Literal["periodic"]
     b: int = Field(default=10, ge=1, description="rounds between synchronizations")
     wait: bool = True
+    deadline: PositiveSeconds | None = Field(
+        default=None, description="seconds after a round's first model at which the "
+        "coordinator averages what arrived; later models are late")
 
 
 class FedAvg(Section):
@@ -254,6 +339,9 @@ class FedAvg(Section):
     b: int = Field(default=10, ge=1)
     fraction: float = Field(default=0.3, gt=0, le=1, description="C, share of learners averaged")
     wait: bool = True
+    deadline: PositiveSeconds | None = Field(
+        default=None, description="seconds after a round's first model at which the "
+        "coordinator averages what arrived; later models are late")
 
 
 class Dynamic(Section):
@@ -380,11 +468,14 @@ class EvalConfig(Section):
     on: Literal["test", "train"] = "test"
     max_samples: int | None = Field(default=None, ge=1)
     local: bool = True
+    target_accuracy: float | None = Field(
+        default=None, gt=0, le=1, description="time_to_accuracy_s: first evaluation reaching it")
 
 
 class OutputConfig(Section):
     dir: str | None = None
     per_learner: bool = False
+    messages: bool = Field(default=False, description="messages.csv: one row per message")
 
 
 class Scenario(Section):

@@ -36,8 +36,8 @@ def test_events_csv_and_drift_counter(tmp_path):
                                                    "kind": "gradual", "width": 3})))
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
     lines = (tmp_path / "run" / "events.csv").read_text().splitlines()
-    assert lines == ["round,sim_time_s,event,kind,concept_from,concept_to",
-                     "5,0.04,drift,gradual,0,1"]
+    assert lines == ["round,sim_time_s,event,kind,concept_from,concept_to,element",
+                     "5,0.04,drift,gradual,0,1,"]
     rows = read_metrics(tmp_path / "run")
     assert [int(r["drifts"]) for r in rows][2:5] == [0, 1, 1]  # counted as round 4 ends
 

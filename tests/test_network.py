@@ -1,4 +1,4 @@
-"""Network: per-hop timing, FIFO link queues, routing, loss and byte accounting."""
+"""Network, store-and-forward model: per-hop timing, FIFO queues, routing, loss, bytes."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ def line(links: list[tuple[float, float]], loss: float = 0.0) -> nx.Graph:
     return g
 
 
-def network(g: nx.Graph, placement: dict, seed: int = 0, **kw) -> tuple[simpy.Environment, Network]:
+def network(g: nx.Graph, placement: dict, seed: int = 0, model: str = "store_and_forward",
+            **kw) -> tuple[simpy.Environment, Network]:
     env = simpy.Environment()
-    return env, Network(env, g, placement, rng=np.random.default_rng(seed), **kw)
+    return env, Network(env, g, placement, rng=np.random.default_rng(seed), model=model, **kw)
 
 
 def msg(src, dst, size: int, kind: str = "update", rnd: int = 0) -> Message:

@@ -115,8 +115,8 @@ def test_load_yaml_with_units_and_coordinator(tmp_path):
     )
     g = load_graph(path)
     assert g.graph["coordinator"] == 2
-    assert g.edges[0, 2] == {"bandwidth": 1e8, "latency": 0.005, "loss": 0.01}
-    assert g.edges[1, 2] == {}
+    assert g.edges[0, 2] == {"bandwidth": 1e8, "latency": 0.005, "loss": 0.01, "forward": 0}
+    assert g.edges[1, 2] == {"forward": 1}
 
 
 def test_load_graphml_relabels_int_nodes_and_reads_units(tmp_path):
@@ -128,8 +128,8 @@ def test_load_graphml_relabels_int_nodes_and_reads_units(tmp_path):
     loaded = load_graph(path)
     assert sorted(loaded.nodes) == [0, 1, 2]
     assert loaded.graph == {"coordinator": 1}
-    assert loaded.edges[0, 1] == {"bandwidth": 1e9, "latency": 0.002}
-    assert loaded.edges[1, 2] == {"bandwidth": 5e7, "latency": 0.004, "loss": 0.1}
+    assert loaded.edges[0, 1] == {"bandwidth": 1e9, "latency": 0.002, "forward": 0}
+    assert loaded.edges[1, 2] == {"bandwidth": 5e7, "latency": 0.004, "loss": 0.1, "forward": 1}
 
 
 def test_load_edgelist_key_values_and_networkx_dicts(tmp_path):
@@ -143,24 +143,29 @@ def test_load_edgelist_key_values_and_networkx_dicts(tmp_path):
     )
     g = load_graph(path)
     assert set(g.nodes) == {0, 1, 2, "a"}
-    assert g.edges[0, 1] == {"bandwidth": 1e7, "latency": 0.02}
-    assert g.edges[1, 2] == {}
-    assert g.edges[2, "a"] == {"bandwidth": 1e9, "loss": 0.5}
+    assert g.edges[0, 1] == {"bandwidth": 1e7, "latency": 0.02, "forward": 0}
+    assert g.edges[1, 2] == {"forward": 1}
+    assert g.edges[2, "a"] == {"bandwidth": 1e9, "loss": 0.5, "forward": 2}
 
 
 def test_load_networkx_written_edgelist(tmp_path):
-    g = generate("ring", 5, seed=0)
+    g = nx.cycle_graph(5)  # not generate(): its forward attribute is no file attribute
     nx.set_edge_attributes(g, 1e6, "bandwidth")
     path = tmp_path / "ring.edges"
     nx.write_edgelist(g, path)
     assert edges(load_graph(path)) == edges(g)
-    assert all(d == {"bandwidth": 1e6} for *_, d in load_graph(path).edges(data=True))
+    loaded = load_graph(path)
+    assert {(d["forward"], u + v - d["forward"]) for u, v, d in loaded.edges(data=True)} == set(
+        g.edges
+    )  # each link oriented as the file wrote it
+    assert all(d.keys() == {"bandwidth", "forward"} and d["bandwidth"] == 1e6
+               for *_, d in loaded.edges(data=True))
 
 
 @pytest.mark.parametrize(
     ("name", "text", "pattern"),
     [
-        ("a.yaml", "links: [{u: 0, v: 1, bw: 5}]", r"links\[0\]: expected keys u, v"),
+        ("a.yaml", "links: [{u: 0, v: 1, bw: 5}]", r"links\[0\]: link \(0, 1\): unknown link attr"),
         ("b.yaml", "links: [{u: 0, v: 1}]\nextra: 1", "unknown key.*extra"),
         ("c.yaml", "links: [{u: 0, v: 1, latency: fast}]", r"link \(0, 1\): latency: expected"),
         ("d.yaml", "links: [{u: 0, v: 1}\n", "not valid YAML"),
@@ -202,8 +207,10 @@ def test_shipped_topologies_load_and_place():
 
     ring = load_graph(TOPOLOGIES / "ring8.graphml")
     assert sorted(ring.nodes) == list(range(8)) and nx.is_isomorphic(ring, nx.cycle_graph(8))
+    source = {frozenset((i, (i + 1) % 8)): i for i in range(8)}  # the file's source -> target
     assert all(
-        d == {"bandwidth": 5e7, "latency": 0.002, "loss": 0.0} for *_, d in ring.edges(data=True)
+        d == {"bandwidth": 5e7, "latency": 0.002, "loss": 0.0, "forward": source[frozenset((u, v))]}
+        for u, v, d in ring.edges(data=True)
     )
 
 
@@ -222,9 +229,12 @@ def test_configure_links_precedence_override_file_default():
         loss=0.01,
         overrides=[{"u": 1, "v": 0, "latency": "1 ms"}, {"u": 2, "v": 3, "bandwidth": 5}],
     )
-    assert out.edges[0, 1] == {"bandwidth": 1e9, "latency": 0.001, "loss": 0.01}
-    assert out.edges[1, 2] == {"bandwidth": 1e7, "latency": 0.5, "loss": 0.01}
-    assert out.edges[2, 3] == {"bandwidth": 5.0, "latency": 0.02, "loss": 0.01}
+    symmetric = {"forward": 0, "reverse_bandwidth": 1e9}
+    assert out.edges[0, 1] == {"bandwidth": 1e9, "latency": 0.001, "loss": 0.01, **symmetric}
+    assert out.edges[1, 2] == {"bandwidth": 1e7, "latency": 0.5, "loss": 0.01,
+                               "forward": 1, "reverse_bandwidth": 1e7}
+    assert out.edges[2, 3] == {"bandwidth": 5.0, "latency": 0.02, "loss": 0.01,
+                               "forward": 2, "reverse_bandwidth": 5.0}
     assert g.edges[2, 3] == {} and g.edges[0, 1] == {"bandwidth": "1 Gbit/s"}  # input untouched
 
 

@@ -34,11 +34,23 @@ class Protocol:
     def after_step(self, learners: np.ndarray, rounds: np.ndarray) -> None:
         """Called after `learners` completed their round `rounds` (1-based) in one batch."""
 
+    def on_lost(self, msg: Any) -> None:
+        """The network gave ``msg`` up (no route within ``network.give_up``). Default rule: a
+        learner that waited for it carries on with its own model."""
+        dst = msg.dst
+        if dst != COORDINATOR and self.sim.blocked[dst]:
+            self.sim.unblock(dst)
+
 
 class StarAveraging(Protocol):
     """Learners upload models to the coordinator, which averages and sends the result back.
 
     Subclasses say which rounds synchronize, who uploads and who receives the average.
+    The coordinator averages a round when every expected model is in, or, with a
+    ``deadline``, that many seconds after the round's first model arrived, whatever
+    arrived by then; models of a round already averaged are late (counted, dropped).
+    An upload the network gives up is no longer expected; if none of a round's models
+    arrive there is no average and its waiting learners carry on with their own models.
     """
 
     message_kinds = ("model", "broadcast")
@@ -46,8 +58,10 @@ class StarAveraging(Protocol):
     def __init__(self, sim: Simulation, config: Any) -> None:
         super().__init__(sim, config)
         self.wait: bool = getattr(config, "wait", True)
+        self.deadline: float | None = getattr(config, "deadline", None)
         self.inbox: dict[int, list[bytes]] = {}
         self.expected: dict[int, int] = {}
+        self.closed: set[int] = set()  # rounds averaged or abandoned
         self.received = np.zeros(sim.m, dtype=np.int64)  # latest round whose average arrived
         self.channel = sim.make_channel(seed=getattr(config, "b", 0))
 
@@ -68,7 +82,7 @@ class StarAveraging(Protocol):
         for rnd in np.unique(rounds)[due]:
             at_round = learners[rounds == rnd]
             rnd = int(rnd)
-            if self.wait:
+            if self.wait and rnd not in self.closed:
                 waiting = np.intersect1d(at_round, self.receivers(rnd))
                 self.sim.block(waiting[self.received[waiting] < rnd])
             senders = np.intersect1d(at_round, self.uploaders(rnd))
@@ -82,12 +96,41 @@ class StarAveraging(Protocol):
 
     def _on_model(self, event: simpy.Event) -> None:
         msg = event.value
+        if msg.round in self.closed:
+            self.sim.counters["messages_late"] += 1
+            return
         box = self.inbox.setdefault(msg.round, [])
         box.append(msg.payload)
-        if len(box) == self.expected[msg.round]:
+        if len(box) == 1 and self.deadline is not None:
+            timer = self.sim.env.timeout(self.deadline, msg.round)
+            timer.callbacks.append(self._on_deadline)
+        if len(box) >= self.expected[msg.round]:
             self._aggregate(msg.round)
 
+    def _on_deadline(self, event: simpy.Event) -> None:
+        if event.value not in self.closed:
+            self._aggregate(event.value)
+
+    def on_lost(self, msg: Any) -> None:
+        if msg.kind != "model":
+            super().on_lost(msg)
+            return
+        rnd = msg.round
+        if rnd in self.closed:
+            return
+        self.expected[rnd] -= 1
+        if self.inbox.get(rnd):
+            if len(self.inbox[rnd]) >= self.expected[rnd]:
+                self._aggregate(rnd)
+        elif self.expected[rnd] <= 0:  # nothing will arrive: no average this round
+            self.closed.add(rnd)
+            del self.expected[rnd]
+            for learner in self.receivers(rnd):
+                if self.sim.blocked[learner] and self.received[learner] < rnd:
+                    self.sim.unblock(int(learner))
+
     def _aggregate(self, rnd: int) -> None:
+        self.closed.add(rnd)
         models = self.channel.decode_up(self.inbox.pop(rnd))
         del self.expected[rnd]
         payload, version = self.channel.encode_down(models.mean(dim=0))

@@ -104,6 +104,22 @@ class Dynamic(Protocol):
             event = sim.send("violation", int(learner), COORDINATOR, rnd, payload)
             event.callbacks.append(lambda ev: self.inbox.put(ev.value))
 
+    def on_lost(self, msg: Any) -> None:
+        """A violation the network gave up frees its learner; a request or reply given up
+        counts as no answer (that learner stays out of B)."""
+        if msg.kind == "violation":
+            if self.sim.blocked[msg.src]:
+                self.sim.unblock(msg.src)
+        elif msg.kind in ("request", "model"):
+            learner = msg.dst if msg.kind == "request" else msg.src
+            reply = self.replies.get(learner)
+            if reply is not None and not reply.triggered:
+                reply.succeed(None)
+            if msg.kind == "model" and self.sim.blocked[learner]:
+                self.sim.unblock(learner)
+        else:
+            super().on_lost(msg)
+
     def _on_request(self, event: simpy.Event) -> None:
         """A queried learner stops and answers with its current model."""
         msg = event.value
@@ -113,7 +129,12 @@ class Dynamic(Protocol):
         model = self.sim.bank.flat(self.sim.index(np.array([learner])))
         (payload,) = self.channel.encode_up(np.array([learner]), model)
         reply = self.sim.send("model", learner, COORDINATOR, msg.round, payload)
-        reply.callbacks.append(lambda ev: self.replies[ev.value.src].succeed(ev.value))
+        reply.callbacks.append(self._on_reply)
+
+    def _on_reply(self, event: simpy.Event) -> None:
+        waiting = self.replies.get(event.value.src)
+        if waiting is not None and not waiting.triggered:
+            waiting.succeed(event.value)
 
     def _on_model(self, event: simpy.Event, version: int) -> None:
         msg = event.value
@@ -139,7 +160,10 @@ class Dynamic(Protocol):
             while len(models) < sim.m and self._too_far(models, reference):
                 added = augment(set(models), sim.m, self.config.augmentation, self.rng)
                 sim.counters["augmentations"] += 1
+                before = len(models)
                 yield from self._query(models, added)
+                if len(models) == before:
+                    break  # every queried learner was unreachable: balance what answered
             self._send_average(models)
 
     def _collect(self, messages: list) -> dict[int, torch.Tensor]:
@@ -167,8 +191,10 @@ class Dynamic(Protocol):
             request.callbacks.append(self._on_request)
         replies = yield sim.env.all_of(list(self.replies.values()))
         messages = [replies[event] for event in self.replies.values()]
-        vectors = self.channel.decode_up([msg.payload for msg in messages])
-        models.update({msg.src: vec for msg, vec in zip(messages, vectors)})
+        messages = [msg for msg in messages if msg is not None]  # None: given up
+        if messages:
+            vectors = self.channel.decode_up([msg.payload for msg in messages])
+            models.update({msg.src: vec for msg, vec in zip(messages, vectors)})
         late = self._collect([])
         self.violation_counter += len(late)
         models.update(late)

@@ -20,6 +20,7 @@ import torch
 
 from netfl.sim import wire
 from netfl.sim.channel import Channel
+from netfl.sim.instant import AfterNormal
 from netfl.sim.network import Message, Network
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class Simulation:
         self.uplink, self.downlink = uplink, downlink
         self.durations = durations.astype(np.int64)
         self.horizon_rounds = horizon_rounds
+        self.horizon_time = horizon_time
         self.horizon_ticks = (
             None if horizon_time is None else math.floor(horizon_time / tick + _EPS)
         )
@@ -112,9 +114,12 @@ class Simulation:
         self.rows_emitted = 0
         self.cumulative_loss = 0.0
         self.last_row: dict[str, Any] = {}
-        self.counters: dict[str, int] = {"syncs": 0, "drifts": 0}
+        self.counters: dict[str, int] = {"syncs": 0, "drifts": 0, "messages_late": 0}
         self._pending: dict[int, tuple[Any, list[int]]] = {}
         self._wake = env.event()
+        self.quiet = env.event()  # fires when the run has nothing left to do
+        network.on_lost = self.on_lost
+        network.on_idle = self.check_quiet
         self._all_idx = torch.arange(self.m, device=bank.device)
         self.protocol = protocol_factory(self)
 
@@ -153,12 +158,40 @@ class Simulation:
     # ------------------------------------------------------------- the loop
 
     def run(self) -> None:
+        """Run to the horizon: all rounds done and the network drained, or the time limit
+        (then the run ends at that instant, whatever is still in flight)."""
         self.protocol.start()
         self.env.process(self._loop())
-        self.env.run()
+        if self.horizon_time is not None:
+            self.env.run(until=self.horizon_time)
+        else:
+            self.env.run(until=self.quiet)
         self.apply_pending()
-        if not self.finished.all():
-            raise DeadlockError("simulation stopped with learners still waiting for models")
+        if self.horizon_time is None and not self.finished.all():
+            raise DeadlockError(self._deadlock_message())
+
+    def check_quiet(self) -> None:
+        """Once every learner is done and nothing is in flight (at the end of the instant, so
+        replies sent from deliveries count), the run is over: stale timers never move the
+        clock, and random outages stop."""
+        if self.finished.all() and not self.network.in_flight and not self.quiet.triggered:
+            AfterNormal(self.env).callbacks.append(self._quiet_now)
+
+    def _quiet_now(self, _event: simpy.Event) -> None:
+        if self.finished.all() and not self.network.in_flight and not self.quiet.triggered:
+            self.quiet.succeed()
+
+    def _deadlock_message(self) -> str:
+        waiting = np.flatnonzero(self.blocked & ~self.finished)
+        shown = ", ".join(str(i) for i in waiting[:8]) + (", ..." if len(waiting) > 8 else "")
+        return (f"deadlock at t={self.env.now:.6g} s: protocol {self.protocol.name!r} keeps "
+                f"{len(waiting)} learner(s) waiting ({shown}) and no message is in flight")
+
+    def on_lost(self, msg: Message) -> None:
+        """The network gave a message up: the protocol decides how to carry on."""
+        self.protocol.on_lost(msg)
+        if not self._wake.triggered:
+            self._wake.succeed()
 
     def _loop(self):
         while True:
@@ -166,9 +199,10 @@ class Simulation:
             active = ~self.blocked & ~self.finished
             if not active.any():
                 if self.finished.all():
+                    self.check_quiet()
                     return
                 if self.env.peek() == math.inf:
-                    raise DeadlockError("every learner waits and no message is in flight")
+                    raise DeadlockError(self._deadlock_message())
                 self._wake = self.env.event()
                 yield self._wake
                 continue
@@ -271,6 +305,9 @@ class Simulation:
             "bytes_down": net.bytes_down,
             "bytes_total": net.bytes_total,
             "messages": net.messages,
+            "bytes_peer": net.bytes_peer,
+            "retransmissions": net.retransmissions,
+            "messages_lost": net.messages_lost,
             "divergence": self.bank.divergence() if self.m > 1 else 0.0,
             **self.counters,
         }

@@ -6,10 +6,12 @@ Plain functions on networkx graphs, in the order a run uses them::
     g = configure_links(g, bandwidth="100 Mbit/s", latency="5 ms")
     coordinator, learners = place(g, m=12)
 
-Link attributes are SI floats once configured: ``bandwidth`` in bit/s,
-``latency`` in seconds, ``loss`` a probability in [0, 1). Files may write them
-with units ("100 Mbit/s", "5 ms"). Generated and loaded graphs use int node ids
-where the file's ids are all integers.
+Once configured every edge holds ``forward`` (a node), ``bandwidth`` (bit/s, the
+direction that starts at ``forward``), ``reverse_bandwidth`` (bit/s, the other
+direction), ``latency`` (seconds, both ways) and ``loss`` (a probability in [0, 1)),
+plus ``tier`` ("access" or "core") where the topology gives one. Files may write
+the values with units ("100 Mbit/s", "5 ms"). Generated and loaded graphs use int
+node ids where the file's ids are all integers.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from scipy.sparse.csgraph import shortest_path
 
 from netfl import units
 
-LINK_ATTRS = ("bandwidth", "latency", "loss")
+LINK_ATTRS = ("bandwidth", "reverse_bandwidth", "latency", "loss")
+TIERS = ("access", "core")
+FILE_ATTRS = (*LINK_ATTRS, "tier")  # a file's link may carry these; anything else is refused
 MAX_DRAWS = 100  # random graphs are redrawn until connected, at most this many times
 
 _INT = re.compile(r"[-+]?\d+")
@@ -82,9 +86,11 @@ def _need_n(kind: str, n: int | None, minimum: int) -> int:
 
 
 def _star(n, p: _Params, rng) -> nx.Graph:
-    """Hub 0 joined to leaves 1..n-1."""
+    """Hub 0 joined to leaves 1..n-1; every link is an access link."""
     p.done()
-    return nx.star_graph(_need_n("star", n, 2) - 1)
+    g = nx.star_graph(_need_n("star", n, 2) - 1)
+    nx.set_edge_attributes(g, "access", "tier")
+    return g
 
 
 def _ring(n, p: _Params, rng) -> nx.Graph:
@@ -110,6 +116,7 @@ def _tree(n, p: _Params, rng) -> nx.Graph:
 
     Params: ``branching`` r (default 2); ``height`` h (optional). With h the
     tree is full, 1 + r + ... + r^h nodes, and n may be None or must match.
+    Links to leaves are tier ``access``, the others ``core``.
     """
     r = p.int("branching", 2, 1)
     h = p.int("height", None, 0)
@@ -123,7 +130,10 @@ def _tree(n, p: _Params, rng) -> nx.Graph:
                 f"tree: height {h} with branching {r} gives {full} nodes, but n is {n!r}; "
                 "give n or height, not both"
             )
-    return nx.full_rary_tree(r, _need_n("tree", n, 1))
+    g = nx.full_rary_tree(r, _need_n("tree", n, 1))
+    for u, v, data in g.edges(data=True):
+        data["tier"] = "access" if g.degree(max(u, v)) == 1 else "core"  # max: the child
+    return g
 
 
 def _hierarchy(n, p: _Params, rng) -> nx.Graph:
@@ -230,6 +240,12 @@ def generate(kind: str, n: int | None = None, *, seed: int, **params: Any) -> nx
     ``random_regular`` (d), ``erdos_renyi`` (p), ``barabasi_albert`` (m_edges).
     ``tree`` and ``hierarchy`` accept n=None when height / leaves fix the size.
     The same kind, n, params and seed give the same graph.
+
+    Every edge gets ``forward`` = its smaller node id, which in the trees (star,
+    tree, hierarchy: parents are numbered before children) is the parent, so
+    ``bandwidth`` is the downlink and ``reverse_bandwidth`` the uplink; and a
+    ``tier``: star all ``access``, tree and hierarchy ``access`` towards the
+    leaves and ``core`` above, every other kind all ``core``.
     """
     if kind not in GENERATORS:
         raise TopologyError(
@@ -238,7 +254,11 @@ def generate(kind: str, n: int | None = None, *, seed: int, **params: Any) -> nx
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TopologyError(f"{kind}: seed must be an integer, got {seed!r}")
     rng = np.random.default_rng(int(seed))
-    return GENERATORS[kind](n, _Params(kind, params), rng)
+    g = GENERATORS[kind](n, _Params(kind, params), rng)
+    for u, v, data in g.edges(data=True):
+        data["forward"] = min(u, v)
+        data.setdefault("tier", "core")
+    return g
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -247,17 +267,22 @@ def generate(kind: str, n: int | None = None, *, seed: int, **params: Any) -> nx
 def load_graph(path: str | Path) -> nx.Graph:
     """Read a graph from GraphML, an edge list or YAML, chosen by the file's suffix.
 
-    - ``.graphml``: edge data ``bandwidth``, ``latency``, ``loss``; an optional
-      graph attribute ``coordinator``.
+    - ``.graphml``: edges ``source`` -> ``target`` with data ``bandwidth``,
+      ``reverse_bandwidth``, ``latency``, ``loss``, ``tier`` (an edge ``id`` is
+      ignored); an optional graph attribute ``coordinator``.
     - ``.edgelist`` / ``.edges`` / ``.txt``: one link a line, ``u v`` then
       optional ``key=value`` pairs (quote values with spaces:
       ``bandwidth="100 Mbit/s"``) or a Python dict as networkx writes it;
       ``#`` starts a comment.
     - ``.yaml`` / ``.yml``: ``{nodes: [...] (optional), links: [{u, v, bandwidth,
-      latency, loss}, ...], coordinator: node (optional)}``.
+      reverse_bandwidth, latency, loss, tier}, ...], coordinator: node (optional)}``.
 
-    Unit strings are converted to SI floats; a link attribute left out is
-    filled later by :func:`configure_links`. Raises TopologyError naming the file.
+    Each link is oriented as written: ``forward`` = its u (GraphML: its source),
+    so ``bandwidth`` is u -> v and ``reverse_bandwidth`` v -> u. ``tier`` is
+    "access" or "core". Any other link attribute is refused, so a misspelt
+    ``bw`` cannot silently fall back to the default; node attributes are
+    ignored. Unit strings are converted to SI floats; a link attribute left out
+    is filled later by :func:`configure_links`. Raises TopologyError naming the file.
     """
     path = Path(path)
     readers = {
@@ -280,6 +305,10 @@ def load_graph(path: str | Path) -> nx.Graph:
             raise TopologyError(f"cannot read: {err}") from None
         for u, v, data in g.edges(data=True):
             _convert_link_attrs(u, v, data)
+            if "tier" in data and data["tier"] not in TIERS:
+                raise TopologyError(
+                    f"link ({u}, {v}): tier must be 'access' or 'core', got {data['tier']!r}"
+                )
         coordinator = g.graph.get("coordinator")
         if coordinator is not None and coordinator not in g:
             raise TopologyError(f"coordinator {coordinator!r} is not a node")
@@ -299,8 +328,19 @@ def _read_graphml(path: Path) -> nx.Graph:
         )
     for key in ("node_default", "edge_default"):  # added by networkx' reader, not by the file
         g.graph.pop(key, None)
+    # networkx forgets which end was the source of an undirected edge: read it from the XML.
+    for element in ET.parse(path).getroot().iter():
+        if element.tag.rpartition("}")[2] == "edge":
+            source, target = element.get("source"), element.get("target")
+            data = g.edges[source, target]
+            data.pop("id", None)  # the edge's XML id, which networkx keeps as data
+            _refuse_unknown(data, f"link ({source}, {target})")
+            data["forward"] = source
     if all(isinstance(x, str) and _INT.fullmatch(x) for x in g):
         g = nx.relabel_nodes(g, {x: int(x) for x in g})
+        for *_, data in g.edges(data=True):
+            if "forward" in data:
+                data["forward"] = int(data["forward"])
         if isinstance(g.graph.get("coordinator"), str) and _INT.fullmatch(g.graph["coordinator"]):
             g.graph["coordinator"] = int(g.graph["coordinator"])
     return nx.Graph(g)
@@ -365,18 +405,15 @@ def _read_yaml(path: Path) -> nx.Graph:
         raise TopologyError(f"links: expected a list, got {links!r}")
     for i, link in enumerate(links):
         where = f"links[{i}]"
-        if not isinstance(link, dict):
-            raise TopologyError(f"{where}: expected a mapping with u and v, got {link!r}")
-        bad = set(link) - {"u", "v", *LINK_ATTRS}
-        if bad or "u" not in link or "v" not in link:
+        if not isinstance(link, dict) or "u" not in link or "v" not in link:
             raise TopologyError(
-                f"{where}: expected keys u, v and optional bandwidth, latency, loss, "
-                f"got {list(link)}"
+                f"{where}: expected a mapping with keys u, v and optional "
+                f"{', '.join(FILE_ATTRS)}, got {link!r}"
             )
         u, v = _check_node(link["u"], f"{where}.u"), _check_node(link["v"], f"{where}.v")
         if nodes is not None and (u not in g or v not in g):
             raise TopologyError(f"{where}: node {u if u not in g else v!r} is not in nodes")
-        attrs = {k: val for k, val in link.items() if k in LINK_ATTRS}
+        attrs = {k: val for k, val in link.items() if k not in ("u", "v")}
         _add_link(g, u, v, attrs, where)
     if g.number_of_nodes() == 0:
         raise TopologyError("no nodes and no links")
@@ -392,11 +429,22 @@ def _check_node(node: Any, where: str) -> Hashable:
 
 
 def _add_link(g: nx.Graph, u: Hashable, v: Hashable, attrs: dict[str, Any], where: str) -> None:
+    """Add u -- v as written: ``forward`` = u, so its ``bandwidth`` is u -> v."""
     if u == v:
         raise TopologyError(f"{where}: link ({u}, {v}) is a self-loop")
     if g.has_edge(u, v):
         raise TopologyError(f"{where}: link ({u}, {v}) is listed twice")
-    g.add_edge(u, v, **attrs)
+    _refuse_unknown(attrs, f"{where}: link ({u}, {v})")
+    g.add_edge(u, v, **attrs, forward=u)
+
+
+def _refuse_unknown(attrs: Mapping[Any, Any], where: str) -> None:
+    bad = set(attrs) - set(FILE_ATTRS)
+    if bad:
+        raise TopologyError(
+            f"{where}: unknown link attribute(s) {', '.join(sorted(map(str, bad)))}; "
+            f"known: {', '.join(FILE_ATTRS)}"
+        )
 
 
 # -- link parameters ----------------------------------------------------------------------------
@@ -414,6 +462,7 @@ def _probability(value: Any) -> float:
 
 _CONVERT: dict[str, Callable[[Any], float]] = {
     "bandwidth": units.bitrate,
+    "reverse_bandwidth": units.bitrate,
     "latency": units.duration,
     "loss": _probability,
 }
@@ -430,13 +479,33 @@ def _convert_link_attrs(u: Hashable, v: Hashable, data: dict[str, Any]) -> None:
 
 
 def _check_link(u: Hashable, v: Hashable, data: dict[str, float]) -> None:
-    bandwidth, latency, loss = data["bandwidth"], data["latency"], data["loss"]
-    if not (bandwidth > 0 and math.isfinite(bandwidth)):
-        raise TopologyError(f"link ({u}, {v}): bandwidth must be > 0, got {bandwidth:g}")
+    for name in ("bandwidth", "reverse_bandwidth"):
+        if not (data[name] > 0 and math.isfinite(data[name])):
+            raise TopologyError(f"link ({u}, {v}): {name} must be > 0, got {data[name]:g}")
+    latency, loss = data["latency"], data["loss"]
     if not (latency >= 0 and math.isfinite(latency)):
         raise TopologyError(f"link ({u}, {v}): latency must be >= 0, got {latency:g}")
     if not 0 <= loss < 1:
         raise TopologyError(f"link ({u}, {v}): loss must be in [0, 1), got {loss:g}")
+
+
+_SWAP = {"bandwidth": "reverse_bandwidth", "reverse_bandwidth": "bandwidth"}
+
+
+def _oriented(level: Mapping[str, Any], flip: bool) -> dict[str, Any]:
+    """What one level of settings gives a link, in the link's own orientation.
+
+    A level that gives ``bandwidth`` but not ``reverse_bandwidth`` gives both
+    directions ``bandwidth``; ``flip`` when the level wrote the link the other
+    way round from its ``forward``.
+    """
+    out = {k: level[k] for k in ("latency", "loss") if k in level}
+    if "bandwidth" in level:
+        out["bandwidth"] = level["bandwidth"]
+        out["reverse_bandwidth"] = level.get("reverse_bandwidth", level["bandwidth"])
+    elif "reverse_bandwidth" in level:
+        out["reverse_bandwidth"] = level["reverse_bandwidth"]
+    return {_SWAP.get(k, k): val for k, val in out.items()} if flip else out
 
 
 def configure_links(
@@ -445,47 +514,115 @@ def configure_links(
     bandwidth: float | str,
     latency: float | str,
     loss: float = 0.0,
+    reverse_bandwidth: float | str | None = None,
+    tiers: Mapping[str, Mapping[str, Any]] | None = None,
     overrides: Iterable[Mapping[str, Any]] = (),
+    tiers_key: str = "tiers",
+    overrides_key: str = "overrides",
 ) -> nx.Graph:
-    """A copy of ``g`` whose every edge has float ``bandwidth``, ``latency`` and ``loss``.
+    """A copy of ``g`` whose every edge has ``forward`` and float ``bandwidth``,
+    ``reverse_bandwidth``, ``latency`` and ``loss`` (see the module docstring).
 
-    Precedence per attribute: an override > the edge's own attribute (from the
-    file) > the default given here. Each override is ``{u, v, bandwidth?,
-    latency?, loss?}`` naming an existing link. Units: bit/s, seconds,
-    probability in [0, 1); unit strings such as "1 Gbit/s" or "2 ms" work.
+    Every level of settings reads a link u -> v: ``bandwidth`` is u -> v and
+    ``reverse_bandwidth`` v -> u. The defaults here, a tier and the edge's own
+    attributes (from the file) take the edge's ``forward`` as u (an edge without
+    one gets the smaller node id); an override ``{u, v, bandwidth?,
+    reverse_bandwidth?, latency?, loss?}`` takes its own u, whichever way the
+    graph stores the link. ``tiers`` maps a tier name to ``{bandwidth?,
+    reverse_bandwidth?, latency?, loss?}`` for the edges whose ``tier`` it is.
+
+    Precedence: override > the edge's own attribute > tier > default; a later
+    override of the same link beats an earlier one. Each direction's bandwidth,
+    the latency and the loss are resolved independently, from the most specific
+    level that gives them, where a level that gives ``bandwidth`` without
+    ``reverse_bandwidth`` gives both directions that bandwidth (so a file link
+    ``bandwidth: 1 Gbit/s`` is symmetric even under an asymmetric tier). The
+    file beats the tier because it names one link and the tier a class of them.
+    A tier that matches no link, and a tier setting that the file or an
+    override replaces on every link of its tier, are errors: they would
+    silently do nothing.
+    Errors name ``{tiers_key}.<name>`` and ``{overrides_key}[i]``. Units: bit/s,
+    seconds, probability in [0, 1); unit strings such as "1 Gbit/s" work.
     """
     out = g.copy()
-    defaults = {"bandwidth": bandwidth, "latency": latency, "loss": loss}
-    for _, _, data in out.edges(data=True):
-        for name, value in defaults.items():
-            data.setdefault(name, value)
+    defaults: dict[str, Any] = {"bandwidth": bandwidth, "latency": latency, "loss": loss}
+    if reverse_bandwidth is not None:
+        defaults["reverse_bandwidth"] = reverse_bandwidth
+    tier_levels = {name: _read_tier(f"{tiers_key}.{name}", t) for name, t in (tiers or {}).items()}
+    present = {data.get("tier") for *_, data in out.edges(data=True)}
+    for name in tier_levels:
+        if name not in present:
+            raise TopologyError(f"{tiers_key}.{name}: no link of this topology has tier {name!r}")
+    by_link: dict[frozenset, list[tuple[Hashable, dict[str, Any]]]] = {}
     for i, override in enumerate(overrides):
-        u, v, attrs = _read_override(out, i, override)
-        out.edges[u, v].update(attrs)
-    for u, v, data in out.edges(data=True):
-        _convert_link_attrs(u, v, data)
-        _check_link(u, v, data)
+        u, v, attrs = _read_override(out, f"{overrides_key}[{i}]", override)
+        by_link.setdefault(frozenset((u, v)), []).append((u, attrs))
+    used: dict[str, set[str]] = {name: set() for name in tier_levels}
+    for a, b, data in out.edges(data=True):
+        forward = data.get("forward", min(a, b, key=_node_key))
+        if forward not in (a, b):
+            raise TopologyError(f"link ({a}, {b}): forward {forward!r} is not one of its ends")
+        tier = tier_levels.get(data.get("tier"), {})
+        own = {k: data[k] for k in LINK_ATTRS if k in data}
+        levels = [(forward, defaults), (forward, tier), (forward, own)]
+        levels += by_link.get(frozenset((a, b)), [])
+        source: dict[str, int] = {}  # attribute -> index of the level that gave it
+        for index, (start, level) in enumerate(levels):
+            for name, value in _oriented(level, start != forward).items():
+                data[name], source[name] = value, index
+        if tier:
+            used[data["tier"]].update(k for k, index in source.items() if index == 1)
+        data["forward"] = forward
+        other = b if forward == a else a
+        _convert_link_attrs(forward, other, data)
+        _check_link(forward, other, data)
+    for name, level in tier_levels.items():
+        for attr in level:
+            if attr not in used[name]:
+                raise TopologyError(
+                    f"{tiers_key}.{name}.{attr}: has no effect: every {name!r} link gets {attr} "
+                    "from the topology file or an override (a link that gives bandwidth alone "
+                    "is symmetric)"
+                )
     return out
 
 
-def _read_override(
-    g: nx.Graph, i: int, override: Mapping[str, Any]
-) -> tuple[Hashable, Hashable, dict[str, Any]]:
-    if not isinstance(override, Mapping) or "u" not in override or "v" not in override:
-        raise TopologyError(f"overrides[{i}]: expected a mapping with u and v, got {override!r}")
-    u, v = override["u"], override["v"]
-    bad = set(override) - {"u", "v", *LINK_ATTRS}
+def _read_settings(where: str, settings: Mapping[str, Any], keys: tuple[str, ...]) -> dict:
+    """The link attributes of a tier or an override, as floats; a None value is unset."""
+    bad = set(settings) - set(keys)
     if bad:
         raise TopologyError(
-            f"overrides[{i}]: link ({u}, {v}): unknown key(s) {', '.join(sorted(map(str, bad)))}"
+            f"{where}: unknown key(s) {', '.join(sorted(map(str, bad)))}; known: {', '.join(keys)}"
         )
+    attrs = {}
+    for name in LINK_ATTRS:
+        if settings.get(name) is not None:
+            try:
+                attrs[name] = _CONVERT[name](settings[name])
+            except units.UnitError as err:
+                raise TopologyError(f"{where}: {name}: {err}") from None
+    return attrs
+
+
+def _read_tier(where: str, spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, Mapping):
+        raise TopologyError(f"{where}: expected a mapping of link settings, got {spec!r}")
+    return _read_settings(where, spec, LINK_ATTRS)
+
+
+def _read_override(
+    g: nx.Graph, where: str, override: Mapping[str, Any]
+) -> tuple[Hashable, Hashable, dict[str, Any]]:
+    if not isinstance(override, Mapping) or "u" not in override or "v" not in override:
+        raise TopologyError(f"{where}: expected a mapping with u and v, got {override!r}")
+    u, v = override["u"], override["v"]
+    where = f"{where}: link ({u}, {v})"
+    attrs = _read_settings(where, override, ("u", "v", *LINK_ATTRS))
     for node in (u, v):
         if node not in g:
-            raise TopologyError(f"overrides[{i}]: link ({u}, {v}): unknown node {node!r}")
+            raise TopologyError(f"{where}: unknown node {node!r}")
     if not g.has_edge(u, v):
-        raise TopologyError(f"overrides[{i}]: link ({u}, {v}): no such link in the topology")
-    attrs = {k: val for k, val in override.items() if k in LINK_ATTRS}
-    _convert_link_attrs(u, v, attrs)
+        raise TopologyError(f"{where}: no such link in the topology")
     return u, v, attrs
 
 
