@@ -165,7 +165,9 @@ class Simulation:
         if self.horizon_time is not None:
             self.env.run(until=self.horizon_time)
         else:
-            self.env.run(until=self.quiet)
+            env, quiet, step = self.env, self.quiet, self.env.step
+            while not quiet.triggered and env.peek() < math.inf:
+                step()
         self.apply_pending()
         if self.horizon_time is None and not self.finished.all():
             raise DeadlockError(self._deadlock_message())
