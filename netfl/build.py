@@ -304,7 +304,7 @@ def build(
     network = Network(
         env, graph, placement, rng=np.random.default_rng(loss_seed), model=net.model,
         retransmit_timeout=net.retransmit_timeout, tcp_window=net.tcp_window,
-        give_up=net.give_up, on_message=on_message,
+        sharing=net.sharing, give_up=net.give_up, on_message=on_message,
     )
     failures = build_failures(scenario, env, network, np.random.default_rng(failure_seed),
                               on_event)
@@ -335,6 +335,24 @@ def build(
     probes = build_probes(scenario, seed, simulation, source, on_probe)
     simulation.observers.extend(probes)
     return Built(simulation, source, graph, device, probes)
+
+
+def check_network(scenario: Scenario) -> None:
+    """Build the scenario's network alone (graph, placement, links, failures): what
+    ``netfl validate`` checks so that a bad topology or failure entry never waits for a run."""
+    seed = seeds(scenario.seed)
+    m = scenario.learners.count
+    graph, coordinator, nodes = build_graph(scenario, m, seed["network"])
+    env = simpy.Environment()
+    placement: dict[Any, Any] = {COORDINATOR: coordinator, **dict(enumerate(nodes))}
+    net = scenario.network
+    try:
+        network = Network(env, graph, placement, rng=np.random.default_rng(0), model=net.model,
+                          retransmit_timeout=net.retransmit_timeout, tcp_window=net.tcp_window,
+                          sharing=net.sharing, give_up=net.give_up)
+    except ValueError as exc:
+        raise ScenarioError(f"network: {exc}") from None
+    build_failures(scenario, env, network, np.random.default_rng(0), None)
 
 
 def build_failures(scenario: Scenario, env: simpy.Environment, network: Network,

@@ -30,7 +30,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from netfl.build import check_network
+
     scenario = scenario_mod.load(args.file, args.set)
+    check_network(scenario)
     print(yaml.safe_dump(scenario.resolved(), sort_keys=False), end="")
     return 0
 

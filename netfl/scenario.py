@@ -146,6 +146,9 @@ class NetworkConfig(Section):
     give_up: PositiveSeconds | None = Field(
         default=60.0, description="seconds after sending at which an undelivered message is "
         "dropped as lost; null: never")
+    sharing: Literal["rtt", "fair"] = Field(
+        default="rtt", description="flow model: rtt: shares proportional to 1 / route latency "
+        "(SimGrid CM02, TCP); fair: equal shares (plain max-min)")
     tcp_window: Bytes | None = Field(
         default=None, description="flow model: rate <= window / RTT (RTT = 2 x route latency)")
     links: list[LinkOverride] = Field(default_factory=list)

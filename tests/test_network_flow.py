@@ -131,6 +131,30 @@ def test_flows_starting_at_different_instants():
     assert second.delivered_at == pytest.approx(t1 + t0, rel=1e-9)
 
 
+def test_rtt_sharing_gives_shares_inversely_proportional_to_route_latency():
+    # a 10 ms and a 30 ms flow on one 10 Mbit/s link (SimGrid CM02): shares 3/4 and 1/4
+    g = nx.Graph()
+    g.add_edge(0, 1, bandwidth=1e7, latency=0.01)
+    g.add_edge(1, 2, bandwidth=1e9, latency=0.02)
+    env, net = network(g, {"a": 0, "near": 1, "far": 2})
+    near, far = msg("a", "near", MB), msg("a", "far", MB)
+    net.send(near)
+    net.send(far)
+    env.run()
+    # near runs at 7.5 Mbit/s from 10 ms; far joins at 30 ms: before that near had it all
+    t_near = 0.01 + 0.02 + (MB * 8 - 1e7 * 0.02) / 7.5e6
+    assert near.delivered_at == pytest.approx(t_near, rel=1e-9)
+    moved = 2.5e6 * (t_near - 0.03)
+    assert far.delivered_at == pytest.approx(t_near + (MB * 8 - moved) / 1e7, rel=1e-9)
+    env, net = network(g, {"a": 0, "near": 1, "far": 2}, sharing="fair")
+    near, far = msg("a", "near", MB), msg("a", "far", MB)
+    net.send(near)
+    net.send(far)
+    env.run()
+    t_near = 0.03 + (MB * 8 - 1e7 * 0.02) / 5e6
+    assert near.delivered_at == pytest.approx(t_near, rel=1e-9)
+
+
 def test_tcp_window_bounds_the_rate_by_window_over_rtt():
     window, lat = 65536, 0.05  # 64 KiB over a 100 ms RTT: 5.24 Mbit/s on a 1 Gbit/s link
     g = line([(1e9, lat)])
@@ -287,9 +311,11 @@ def test_node_failure_takes_every_link_down_and_repair_restores_them():
 # -- against a brute-force fluid reference --------------------------------------------------------
 
 
-def reference_times(routes, sizes, starts, latencies, capacity):
-    """Max-min fluid delivery times by recomputing every rate at every event (slow, obvious)."""
+def reference_times(routes, sizes, starts, latencies, capacity, weights=None):
+    """Weighted max-min fluid delivery times by recomputing every rate at every event (slow,
+    obvious): a saturating link gives each of its unfixed flows weight * capacity / sum."""
     n = len(sizes)
+    weights = weights or [1.0] * n
     remaining = [s * 8.0 for s in sizes]
     active_from = [starts[i] + latencies[i] for i in range(n)]
     done = [None] * n
@@ -300,18 +326,18 @@ def reference_times(routes, sizes, starts, latencies, capacity):
         cap = dict(capacity)
         left = set(active)
         while left:
-            share = {}
+            level = {}
             for link in cap:
                 users = [i for i in left if link in routes[i]]
                 if users:
-                    share[link] = cap[link] / len(users)
-            link = min(share, key=share.get)
-            s = share[link]
+                    level[link] = cap[link] / sum(weights[i] for i in users)
+            link = min(level, key=level.get)
+            x = level[link]
             for i in [i for i in left if link in routes[i]]:
-                rates[i] = s
+                rates[i] = weights[i] * x
                 left.discard(i)
                 for other in routes[i]:
-                    cap[other] -= s
+                    cap[other] -= rates[i]
         candidates = [active_from[i] for i in range(n) if done[i] is None and i not in active]
         finish = [(now + remaining[i] / rates[i], i) for i in active]
         t_next = min([f for f, _ in finish] + candidates)
@@ -324,8 +350,9 @@ def reference_times(routes, sizes, starts, latencies, capacity):
     return done
 
 
+@pytest.mark.parametrize("sharing", ["rtt", "fair"])
 @pytest.mark.parametrize("seed", range(6))
-def test_random_flows_on_a_random_tree_match_the_brute_force_reference(seed):
+def test_random_flows_on_a_random_tree_match_the_brute_force_reference(seed, sharing):
     rng = np.random.default_rng(seed)
     g = nx.random_labeled_tree(8, seed=seed)
     for u, v in g.edges:
@@ -338,7 +365,7 @@ def test_random_flows_on_a_random_tree_match_the_brute_force_reference(seed):
     starts = [float(rng.choice([0.0, 0.0, 0.1, 0.25, 0.7])) for _ in range(n)]
     placement = {f"s{i}": int(a) for i, (a, _) in enumerate(pairs)}
     placement.update({f"d{i}": int(b) for i, (_, b) in enumerate(pairs)})
-    env, net = network(g, placement)
+    env, net = network(g, placement, sharing=sharing)
     sent = [send_at(env, net, starts[i], msg(f"s{i}", f"d{i}", sizes[i])) for i in range(n)]
     env.run()
     routes, latencies = [], []
@@ -350,5 +377,8 @@ def test_random_flows_on_a_random_tree_match_the_brute_force_reference(seed):
     for u, v, data in g.edges(data=True):
         capacity[u, v] = data["bandwidth"]
         capacity[v, u] = data["reverse_bandwidth"]
-    expected = reference_times(routes, sizes, starts, latencies, capacity)
+    weights = None
+    if sharing == "rtt":  # CM02: weight 1 / route latency, 1 for a route without latency
+        weights = [1 / lat if lat > 0 else 1.0 for lat in latencies]
+    expected = reference_times(routes, sizes, starts, latencies, capacity, weights)
     assert [m.delivered_at for m in sent] == pytest.approx(expected, rel=1e-7)

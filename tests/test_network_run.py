@@ -175,3 +175,12 @@ def test_store_and_forward_stays_available_and_differs_from_flow(tmp_path):
               progress=False)
     assert flow["bytes_total"] == saf["bytes_total"]
     assert saf["sim_time_s"] > flow["sim_time_s"]  # multi-hop: no pipelining per hop
+
+
+def test_validate_checks_the_network_and_its_failures(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(merge(BASE, {"network": {
+        "failures": [{"link": [2, 3], "at": 1}]}})))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "network.failures[0]: link [2, 3]: no such link" in err and "Traceback" not in err

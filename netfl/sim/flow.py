@@ -3,12 +3,18 @@
 This is SimGrid's CM02 model (the analytic max-min fluid solution). A message
 first spends its route's latency (summed once, not per hop) and then becomes
 a flow over every link of its route at once (pipelined, no per-hop store).
-All flows in that phase share each link direction's capacity by max-min
-fairness, computed by progressive filling: raise every rate together until a
-link saturates, fix the rates of the flows through it, repeat. A flow's rate is
-thus its bottleneck share over the whole path, optionally capped by a TCP
-window, ``rate <= window / RTT`` with RTT twice the route latency (as SimGrid
+All flows in that phase share each link direction's capacity by (weighted)
+max-min fairness, computed by progressive filling: raise every rate together
+until a link saturates, fix the rates of the flows through it, repeat. A flow's
+rate is thus its bottleneck share over the whole path, optionally capped by a
+TCP window, ``rate <= window / RTT`` with RTT twice the route latency (as SimGrid
 applies it). Rates are recomputed whenever a flow starts or ends.
+
+Weights (``sharing``): ``rtt`` (default) is CM02 exactly: a flow's share of a
+link is proportional to 1 / its route latency (TCP's RTT unfairness; SimGrid's
+sharing penalty is the route latency, and 1 s for a route without latency).
+``fair`` gives every flow the same weight (plain max-min). Both are the same
+whenever the flows sharing a link have equal route latencies.
 
 Cost: a start or an end changes rates only inside its connected component of
 the flow-link graph (flows linked through shared links), so only that component
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
     from netfl.sim.links import Link
     from netfl.sim.network import Network, Transit
 
+SHARING = ("rtt", "fair")
 _LATENT, _SHARING, _DONE = 0, 1, 2
 _FINISH_TOLERANCE = 1e-9  # seconds: flows finishing this close together complete together
 
@@ -44,9 +51,10 @@ class Flow:
     """One attempt at moving a message: its route, progress and current rate."""
 
     __slots__ = ("transit", "links", "remaining", "rate", "updated", "version", "bound",
-                 "bottleneck", "phase", "doomed", "seq")
+                 "weight", "bottleneck", "phase", "doomed", "seq")
 
-    def __init__(self, transit: Transit, bound: float, doomed: bool, seq: int) -> None:
+    def __init__(self, transit: Transit, bound: float, weight: float, doomed: bool,
+                 seq: int) -> None:
         self.transit = transit
         self.links: tuple[Link, ...] = transit.route
         self.remaining = transit.msg.size * 8.0  # bits still to move
@@ -54,6 +62,7 @@ class Flow:
         self.updated = 0.0
         self.version = 0
         self.bound = bound
+        self.weight = weight  # share of a link relative to the other flows on it
         self.bottleneck: Link | None = None
         self.phase = _LATENT
         self.doomed = doomed  # lost on the way: its bytes move, then the sender times out
@@ -66,9 +75,13 @@ class Flow:
 class FlowSharing:
     """Moves transits as max-min fair flows; calls ``network.arrived`` or ``network.lost``."""
 
-    def __init__(self, network: Network, tcp_window: float | None = None) -> None:
+    def __init__(self, network: Network, tcp_window: float | None = None,
+                 sharing: str = "rtt") -> None:
         if tcp_window is not None and not (tcp_window > 0 and math.isfinite(tcp_window)):
             raise ValueError(f"tcp_window must be > 0 bytes, got {tcp_window}")
+        if sharing not in SHARING:
+            raise ValueError(f"unknown sharing {sharing!r}; expected one of {SHARING}")
+        self.sharing = sharing
         self.network = network
         self.env: simpy.Environment = network.env
         self.window_bits = None if tcp_window is None else float(tcp_window) * 8
@@ -92,7 +105,10 @@ class FlowSharing:
         bound = math.inf
         if self.window_bits is not None and latency > 0:
             bound = self.window_bits / (2 * latency)
-        flow = Flow(transit, bound, doomed, next(self._seq))
+        weight = 1.0
+        if self.sharing == "rtt":  # SimGrid CM02: penalty = route latency (1 s when none)
+            weight = 1.0 / latency if latency > 0 else 1.0
+        flow = Flow(transit, bound, weight, doomed, next(self._seq))
         transit.flow = flow
         size = transit.msg.size
         for link in flow.links:
@@ -205,35 +221,44 @@ class FlowSharing:
                 if flow.bottleneck is not None:
                     flow.bottleneck.delay += elapsed
                 flow.updated = now
+        # weighted progressive filling: raise a level x; a flow's rate is weight * x; a link
+        # saturates at x = capacity / (sum of its unfixed weights), a bound at bound / weight
         capacity = {link: link.bandwidth for link in seen_links}
-        unfixed = {link: len(link.flows) for link in seen_links}
+        weights = {link: 0.0 for link in seen_links}
+        unfixed = dict.fromkeys(seen_links, 0)
+        for flow in flows:
+            for link in flow.links:
+                weights[link] += flow.weight
+                unfixed[link] += 1
         heap: list[tuple[float, int, int, object]] = [
-            (link.bandwidth / count, 1, link.key, link)
+            (link.bandwidth / weights[link], 1, link.key, link)
             for link, count in unfixed.items() if count
         ]
-        heap.extend((flow.bound, 0, flow.seq, flow) for flow in flows if flow.bound < math.inf)
+        heap.extend((flow.bound / flow.weight, 0, flow.seq, flow)
+                    for flow in flows if flow.bound < math.inf)
         heapq.heapify(heap)
         rates: dict[Flow, float] = {}
         while heap:
-            share, kind, _, item = heapq.heappop(heap)
+            level, kind, _, item = heapq.heappop(heap)
             if kind == 0:
                 members = () if item in rates else (item,)
                 bottleneck = None
             else:
-                count = unfixed[item]
-                if not count or share != max(capacity[item], 0.0) / count:
+                if not unfixed[item] or level != _level(capacity[item], weights[item]):
                     continue  # stale entry
                 members = [flow for flow in item.flows if flow not in rates]
                 bottleneck = item
             for flow in members:
-                rates[flow] = share
+                rate = flow.weight * level
+                rates[flow] = rate
                 flow.bottleneck = bottleneck
                 for link in flow.links:
-                    capacity[link] -= share
+                    capacity[link] -= rate
                     unfixed[link] -= 1
+                    weights[link] -= flow.weight
                     if unfixed[link] and link is not bottleneck:
                         heapq.heappush(
-                            heap, (max(capacity[link], 0.0) / unfixed[link], 1, link.key, link))
+                            heap, (_level(capacity[link], weights[link]), 1, link.key, link))
         heap_push = heapq.heappush
         for flow in flows:
             rate = rates[flow]
@@ -274,3 +299,8 @@ class FlowSharing:
             self._schedule_flush()
         else:
             self._arm()
+
+
+def _level(capacity: float, weight: float) -> float:
+    """Fill level at which a link saturates (rounding can leave a tiny negative capacity)."""
+    return max(capacity, 0.0) / weight if weight > 0 else math.inf

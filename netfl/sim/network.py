@@ -90,6 +90,8 @@ class Network:
         model: ``"flow"`` or ``"store_and_forward"``.
         retransmit_timeout: seconds a sender waits after a loss before resending.
         tcp_window: flow model only: bytes in flight per flow (rate <= window / RTT).
+        sharing: flow model only: ``"rtt"`` (SimGrid CM02: shares proportional to
+            1 / route latency) or ``"fair"`` (equal shares).
         give_up: seconds after the first send at which an undelivered message is
             dropped (None: never).
         on_lost: called with a message that was dropped.
@@ -111,6 +113,7 @@ class Network:
         model: str = "flow",
         retransmit_timeout: float = 0.2,
         tcp_window: float | None = None,
+        sharing: str = "rtt",
         give_up: float | None = None,
         on_lost: Callable[[Message], None] | None = None,
         on_message: Callable[[dict[str, Any]], None] | None = None,
@@ -140,7 +143,7 @@ class Network:
         hubs = {self.placement[COORDINATOR]} if COORDINATOR in self.placement else set()
         self.router = Router(self._links, graph.nodes, hubs)
         self._endpoint_routes: dict[tuple[Hashable, Hashable], tuple[Link, ...] | None] = {}
-        self.transport = (FlowSharing(self, tcp_window) if model == "flow"
+        self.transport = (FlowSharing(self, tcp_window, sharing) if model == "flow"
                           else StoreAndForward(self))
         self._edge_down: dict[frozenset, int] = {}
         self._node_down: dict[Hashable, int] = {}
