@@ -382,3 +382,26 @@ def test_random_flows_on_a_random_tree_match_the_brute_force_reference(seed, sha
         weights = [1 / lat if lat > 0 else 1.0 for lat in latencies]
     expected = reference_times(routes, sizes, starts, latencies, capacity, weights)
     assert [m.delivered_at for m in sent] == pytest.approx(expected, rel=1e-7)
+
+
+def test_flows_that_change_no_other_rate_start_and_end_without_a_refill():
+    # two learners on their own 10 Mbit/s access links into a 1 Gbit/s core link: neither
+    # limits the other, so each starts and ends alone; a third flow on a learner's access
+    # link halves that learner's rate and needs a refill
+    g = nx.Graph()
+    g.add_edge("a", "s", bandwidth=1e7, latency=0.01)
+    g.add_edge("b", "s", bandwidth=1e7, latency=0.01)
+    g.add_edge("s", "root", bandwidth=1e9, latency=0.01)
+    env, net = network(g, {0: "a", 1: "b", 2: "a", C: "root"})
+    first, second = msg(0, C, MB), send_at(env, net, 0.1, msg(1, C, MB))
+    net.send(first)
+    env.run()
+    assert net.transport.refills == 0 and net.transport.alone == 4
+    assert first.delivered_at == pytest.approx(0.02 + 0.8, rel=1e-9)
+    assert second.delivered_at == pytest.approx(0.1 + 0.02 + 0.8, rel=1e-9)
+    third = send_at(env, net, env.now, msg(0, C, MB))
+    fourth = send_at(env, net, env.now, msg(2, C, MB))
+    env.run()
+    assert net.transport.refills >= 1
+    assert third.delivered_at == pytest.approx(fourth.delivered_at)
+    assert fourth.delivered_at - fourth.sent_at == pytest.approx(0.02 + 1.6, rel=1e-9)

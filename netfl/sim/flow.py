@@ -45,13 +45,14 @@ if TYPE_CHECKING:
 SHARING = ("rtt", "fair")
 _LATENT, _SHARING, _DONE = 0, 1, 2
 _FINISH_TOLERANCE = 1e-9  # seconds: flows finishing this close together complete together
+_TINY = 1e-9  # bit/s: spare capacity below this is none
 
 
 class Flow:
     """One attempt at moving a message: its route, progress and current rate."""
 
     __slots__ = ("transit", "links", "remaining", "rate", "updated", "version", "bound",
-                 "weight", "bottleneck", "phase", "doomed", "seq")
+                 "weight", "bottleneck", "phase", "doomed", "seq", "stamp", "level")
 
     def __init__(self, transit: Transit, bound: float, weight: float, doomed: bool,
                  seq: int) -> None:
@@ -67,6 +68,8 @@ class Flow:
         self.phase = _LATENT
         self.doomed = doomed  # lost on the way: its bytes move, then the sender times out
         self.seq = seq
+        self.stamp = 0  # refill scratch: the refill that last reached this flow
+        self.level = -1.0  # refill scratch: fill level at which it was fixed
 
     def __lt__(self, other: Flow) -> bool:  # heap ties
         return self.seq < other.seq
@@ -95,6 +98,8 @@ class FlowSharing:
         self._seq = itertools.count()
         self.refills = 0  # component recomputations, for benchmarks
         self.refilled_flows = 0
+        self.alone = 0  # starts and ends that needed no refill
+        self._stamp = 0
 
     # -- life of a flow ---------------------------------------------------------------------------
 
@@ -127,8 +132,72 @@ class FlowSharing:
     def _join(self, flow: Flow) -> None:
         for link in flow.links:
             link.delay += link.latency
-        self._joins.append(flow)
-        self._schedule_flush()
+        if self._flush_scheduled or not self._join_alone(flow):
+            self._joins.append(flow)
+            self._schedule_flush()
+
+    def _join_alone(self, flow: Flow) -> bool:
+        """Start ``flow`` without a refill when that leaves every other rate as it is.
+
+        With r = min(bound, spare capacity on its route), the allocation stays max-min
+        iff on each link that r saturates no flow has a higher level (rate / weight) than
+        the new flow: then the new flow is the largest at its bottleneck and every other
+        flow keeps its own. Otherwise the component is refilled.
+        """
+        links = flow.links
+        rate = flow.bound
+        for link in links:
+            spare = link.bandwidth - link.load
+            if spare < rate:
+                rate = spare
+        if not rate > _TINY * flow.weight:
+            return False
+        level = rate / flow.weight
+        bottleneck = None
+        if rate < flow.bound:
+            limit = rate * (1 + 1e-12) + _TINY
+            for link in links:
+                if link.bandwidth - link.load <= limit:
+                    for other in link.flows:
+                        if other.rate > level * other.weight * (1 + 1e-12):
+                            return False
+                    if bottleneck is None:
+                        bottleneck = link
+        now = self.env.now
+        flow.phase = _SHARING
+        flow.updated = now
+        flow.rate = rate
+        flow.bottleneck = bottleneck
+        flow.version += 1
+        for link in links:
+            link.flows.add(flow)
+            link.occupy(now)
+            link.load += rate
+        if bottleneck is not None:
+            bottleneck.held += 1
+        heapq.heappush(self._heap, (now + flow.remaining / rate, flow.seq, flow.version, flow))
+        self.alone += 1
+        self._arm()
+        return True
+
+    def _leave_alone(self, flow: Flow) -> bool:
+        """End ``flow`` without a refill when no other flow is held by a link of its route:
+        every other flow through those links is limited elsewhere, so none speeds up."""
+        own = flow.bottleneck
+        for link in flow.links:
+            if link.held > (1 if link is own else 0):
+                return False
+        now = self.env.now
+        if own is not None:
+            own.delay += now - flow.updated
+            own.held -= 1
+        for link in flow.links:
+            link.flows.discard(flow)
+            link.members.discard(flow)
+            link.release(now)
+            link.load -= flow.rate
+        self.alone += 1
+        return True
 
     def abort(self, link: Link) -> None:
         """``link`` failed: every flow routed over it is lost (its sender resends later)."""
@@ -196,24 +265,38 @@ class FlowSharing:
         self._arm()
 
     def _refill(self, touched: set[Link], now: float) -> None:
-        """Max-min rates (progressive filling) for the flows that ``touched`` links reach."""
+        """Max-min rates (progressive filling) for the flows that ``touched`` links reach.
+
+        Per-refill scratch values live on the links (``left``, ``weights``, ``unfixed``)
+        and flows (``level``), set while the component is found, so the fill touches no
+        dictionary. Link loads and held counts are recomputed for the component.
+        """
         flows: list[Flow] = []
         seen_links = set(touched)
         stack = list(touched)
-        seen_flows: set[Flow] = set()
+        for link in stack:
+            link.left, link.weights, link.unfixed, link.load, link.held = (
+                link.bandwidth, 0.0, 0, 0.0, 0)
+        stamp = self._stamp = self._stamp + 1
         while stack:
             for flow in stack.pop().flows:
-                if flow not in seen_flows:
-                    seen_flows.add(flow)
+                if flow.stamp != stamp:
+                    flow.stamp = stamp
                     flows.append(flow)
+                    weight = flow.weight
                     for link in flow.links:
                         if link not in seen_links:
                             seen_links.add(link)
                             stack.append(link)
+                            link.left, link.weights, link.unfixed, link.load, link.held = (
+                                link.bandwidth, 0.0, 0, 0.0, 0)
+                        link.weights += weight
+                        link.unfixed += 1
         if not flows:
             return
         self.refills += 1
         self.refilled_flows += len(flows)
+        bounded = []
         for flow in flows:  # progress at the old rates up to now
             elapsed = now - flow.updated
             if elapsed > 0:
@@ -221,52 +304,57 @@ class FlowSharing:
                 if flow.bottleneck is not None:
                     flow.bottleneck.delay += elapsed
                 flow.updated = now
+            flow.level = -1.0
+            if flow.bound < math.inf:
+                bounded.append((flow.bound / flow.weight, 0, flow.seq, flow))
         # weighted progressive filling: raise a level x; a flow's rate is weight * x; a link
         # saturates at x = capacity / (sum of its unfixed weights), a bound at bound / weight
-        capacity = {link: link.bandwidth for link in seen_links}
-        weights = {link: 0.0 for link in seen_links}
-        unfixed = dict.fromkeys(seen_links, 0)
-        for flow in flows:
-            for link in flow.links:
-                weights[link] += flow.weight
-                unfixed[link] += 1
         heap: list[tuple[float, int, int, object]] = [
-            (link.bandwidth / weights[link], 1, link.key, link)
-            for link, count in unfixed.items() if count
+            (link.bandwidth / link.weights, 1, link.key, link)
+            for link in seen_links if link.unfixed
         ]
-        heap.extend((flow.bound / flow.weight, 0, flow.seq, flow)
-                    for flow in flows if flow.bound < math.inf)
+        heap += bounded
         heapq.heapify(heap)
-        rates: dict[Flow, float] = {}
+        pop, push = heapq.heappop, heapq.heappush
         while heap:
-            level, kind, _, item = heapq.heappop(heap)
+            level, kind, _, item = pop(heap)
             if kind == 0:
-                members = () if item in rates else (item,)
+                if item.level >= 0:
+                    continue
+                members = (item,)
                 bottleneck = None
             else:
-                if not unfixed[item] or level != _level(capacity[item], weights[item]):
+                if not item.unfixed:
+                    continue
+                left = item.left
+                if level != (left if left > 0 else 0.0) / item.weights:
                     continue  # stale entry
-                members = [flow for flow in item.flows if flow not in rates]
+                members = [flow for flow in item.flows if flow.level < 0]
                 bottleneck = item
             for flow in members:
+                flow.level = level
                 rate = flow.weight * level
-                rates[flow] = rate
                 flow.bottleneck = bottleneck
                 for link in flow.links:
-                    capacity[link] -= rate
-                    unfixed[link] -= 1
-                    weights[link] -= flow.weight
-                    if unfixed[link] and link is not bottleneck:
-                        heapq.heappush(
-                            heap, (_level(capacity[link], weights[link]), 1, link.key, link))
-        heap_push = heapq.heappush
+                    link.left -= rate
+                    link.unfixed -= 1
+                    link.weights -= flow.weight
+                    if link.unfixed and link is not bottleneck:
+                        left = link.left
+                        push(heap, ((left if left > 0 else 0.0) / link.weights, 1, link.key,
+                                    link))
+        finishes = self._heap
         for flow in flows:
-            rate = rates[flow]
+            rate = flow.weight * flow.level
+            for link in flow.links:
+                link.load += rate
+            if flow.bottleneck is not None:
+                flow.bottleneck.held += 1
             if rate != flow.rate:
                 flow.rate = rate
                 flow.version += 1
                 finish = now + max(flow.remaining, 0.0) / rate if rate > 0 else math.inf
-                heap_push(self._heap, (finish, flow.seq, flow.version, flow))
+                push(finishes, (finish, flow.seq, flow.version, flow))
 
     # -- completions ------------------------------------------------------------------------------
 
@@ -290,14 +378,22 @@ class FlowSharing:
         self._alarm_at = math.inf
         limit = self.env.now + _FINISH_TOLERANCE
         heap = self._heap
+        delivered = []
         while heap and heap[0][0] <= limit:
             _, _, version, flow = heapq.heappop(heap)
             if flow.phase == _SHARING and version == flow.version:
                 flow.phase = _DONE
-                self._leaves.append(flow)
-        if self._leaves:
-            self._schedule_flush()
-        else:
+                if not self._flush_scheduled and self._leave_alone(flow):
+                    delivered.append(flow)
+                else:
+                    self._leaves.append(flow)
+                    self._schedule_flush()
+        for flow in delivered:
+            if flow.doomed:
+                self.network.lost(flow.transit)
+            else:
+                self.network.arrived(flow.transit)
+        if not self._flush_scheduled:
             self._arm()
 
 

@@ -21,7 +21,8 @@ class Link:
     """A directed link u -> v with its own capacity; ``up`` is False while it is failed."""
 
     __slots__ = ("u", "v", "key", "bandwidth", "latency", "loss", "up", "bytes", "busy",
-                 "busy_since", "active", "peak", "delay", "flows", "members", "free_at", "ends")
+                 "busy_since", "active", "peak", "delay", "flows", "members", "free_at", "ends",
+                 "load", "held", "left", "weights", "unfixed")
 
     def __init__(self, u: Hashable, v: Hashable, bandwidth: float, latency: float, loss: float,
                  key: int = 0):
@@ -30,6 +31,9 @@ class Link:
         self.up = True
         self.flows: set = set()  # flow model: flows in their bandwidth phase
         self.members: set = set()  # flow model: every flow routed over this link
+        self.load = 0.0  # flow model: sum of the rates of its flows
+        self.held = 0  # flow model: flows whose rate this link fixes (their bottleneck)
+        self.left, self.weights, self.unfixed = 0.0, 0.0, 0  # flow model: refill scratch
         self.free_at = 0.0  # store-and-forward: when the queue empties
         self.ends: list[float] = []  # store-and-forward: end instants of queued messages
         self.reset()
