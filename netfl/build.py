@@ -29,8 +29,6 @@ from netfl.learning.models import build_model, last_layer
 from netfl.probes.parameters import ParameterProbe, Projection, replica_seed
 from netfl.probes.representation import RepresentationProbe, local_samples
 from netfl.protocols import PROTOCOLS
-from netfl.protocols.dynamic import Dynamic
-from netfl.protocols.fedavg import FedAvg
 from netfl.scenario import (
     DRIFTING,
     ComputeTime,
@@ -40,8 +38,9 @@ from netfl.scenario import (
     TopologyFile,
 )
 from netfl.sim import topology
-from netfl.sim.engine import COORDINATOR, Simulation
+from netfl.sim.engine import Simulation
 from netfl.sim.failures import Failures, elements
+from netfl.sim.interface import COORDINATOR
 from netfl.sim.network import Network
 
 SEED_STREAMS = ("data", "init", "stream", "network", "protocol", "compute", "drift")
@@ -199,18 +198,20 @@ def build_probes(
     if config.representation is None and config.parameters is None:
         return []
     m = scenario.learners.count
-    if scenario.protocol.name == "serial":
-        raise ScenarioError("probes: the serial protocol trains one model at the coordinator; "
-                            "probes need one model per learner")
+    protocol_cls = PROTOCOLS[scenario.protocol.name]
+    if not protocol_cls.needs(scenario.protocol, m).local_models:
+        raise ScenarioError(f"probes: the {scenario.protocol.name} protocol trains one model at "
+                            "the coordinator; probes need one model per learner")
     sink = sink if sink is not None else (lambda table, columns, rows: None)
     probes: list[Callable[[Simulation, int], None]] = []
 
     rep = config.representation
     if rep is not None:
-        if rep.every == "sync" and scenario.protocol.name == "nosync":
+        if rep.every == "sync" and not protocol_cls.synchronizes:
             raise ScenarioError(
-                "probes.representation.every: 'sync' needs a protocol that synchronizes; nosync "
-                "never does (for averaging without redistribution give every: k rounds)")
+                f"probes.representation.every: 'sync' needs a protocol that synchronizes; "
+                f"{scenario.protocol.name} never does (for averaging without redistribution "
+                "give every: k rounds)")
         if not isinstance(source, DatasetSource):
             raise ScenarioError(
                 f"probes.representation: needs a fixed dataset with per-learner partitions, "
@@ -271,7 +272,8 @@ def build(
     seed.update(seed_overrides or {})
     device = resolve_device(scenario.device)
     m = scenario.learners.count
-    serial = scenario.protocol.name == "serial"
+    protocol_cls = PROTOCOLS[scenario.protocol.name]
+    needs = protocol_cls.needs(scenario.protocol, m)
 
     source = build_source(scenario, seed, device)
 
@@ -282,7 +284,7 @@ def build(
     )
     opt = scenario.optimizer
     bank = LearnerBank(
-        model, 1 if serial else m, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
+        model, needs.bank_size, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
         weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps, reduction=opt.reduction,
         device=device, seed=seed["init"], init_noise=scenario.learners.init_noise,
         trainable=last_layer(model) if spec.train == "last" else None, loss=loss_for(source),
@@ -293,7 +295,7 @@ def build(
     times = step_times(scenario.learners.compute_time, m, np.random.default_rng(seed["compute"]))
     tick = scenario.learners.tick or float(times.min())
     durations = to_ticks(times, tick)
-    if serial:  # one machine does every learner's step in turn
+    if needs.one_machine:  # one machine does every learner's step in turn
         durations = np.array([int(durations.sum())])
 
     graph, coordinator, nodes = build_graph(scenario, m, seed["network"])
@@ -309,26 +311,24 @@ def build(
     failures = build_failures(scenario, env, network, np.random.default_rng(failure_seed),
                               on_event)
 
-    protocol_cls = PROTOCOLS[scenario.protocol.name]
-
     def make_protocol(sim: Simulation):
-        if protocol_cls in (FedAvg, Dynamic):
-            return protocol_cls(sim, scenario.protocol, seed=seed["protocol"])
-        return protocol_cls(sim, scenario.protocol)
+        return protocol_cls(sim, scenario.protocol, seed=seed["protocol"])
 
     evaluation = scenario.eval
     uplink, downlink = build_codecs(scenario)
-    if serial and (uplink or downlink):
-        raise ScenarioError("compression: the serial protocol sends samples, not models")
+    if not needs.models_on_wire and (uplink or downlink):
+        raise ScenarioError(f"compression: the {scenario.protocol.name} protocol sends "
+                            "samples, not models")
 
     simulation = Simulation(
         env=env, network=network, bank=bank, source=source,
         protocol_factory=make_protocol, tick=tick, durations=durations,
         horizon_rounds=scenario.horizon.rounds, horizon_time=scenario.horizon.sim_time,
         eval_every=evaluation.every,
-        eval_local=evaluation.local and not serial, on_round=on_round, on_learners=on_learners,
+        eval_local=evaluation.local and needs.local_models, on_round=on_round,
+        on_learners=on_learners,
         on_event=on_event, uplink=uplink, downlink=downlink,
-        batches_per_step=m if serial else 1,
+        batches_per_step=needs.batches_per_step,
     )
     if failures is not None:
         failures.quiet = simulation.quiet

@@ -1,20 +1,20 @@
 """Scenario files: YAML in, a typed and fully defaulted Scenario out.
 
 Everything a run depends on lives in the Scenario, including the seed, so a
-run directory's resolved scenario is enough to repeat the run. Loading knows
-nothing of torch or SimPy; errors name the key path the user has to fix.
+run directory's resolved scenario is enough to repeat the run. Protocol
+sections come from the protocols' registry; errors name the key path the user
+has to fix.
 """
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -22,32 +22,21 @@ from pydantic import (
     model_validator,
 )
 
-from netfl import units
+from netfl.compression import REGISTRY as CODECS
+from netfl.protocols import PROTOCOLS
+from netfl.schema import (
+    BitsPerSecond,
+    Bytes,
+    Node,
+    PositiveSeconds,
+    Probability,
+    Seconds,
+    Section,
+)
 
 
 class ScenarioError(ValueError):
     """A scenario the user has to fix; the message names the key path."""
-
-
-def _unit(parser):
-    def parse(value: object) -> object:
-        try:
-            return parser(value)
-        except units.UnitError as exc:
-            raise ValueError(str(exc)) from None
-
-    return BeforeValidator(parse)
-
-
-Seconds = Annotated[float, _unit(units.duration), Field(ge=0)]
-PositiveSeconds = Annotated[float, _unit(units.duration), Field(gt=0)]
-BitsPerSecond = Annotated[float, _unit(units.bitrate), Field(gt=0)]
-Probability = Annotated[float, Field(ge=0, lt=1)]
-Node = int | str
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 # --------------------------------------------------------------------- network
@@ -64,9 +53,6 @@ class TopologyGenerator(Section):
     ] = "star"
     n: int | None = Field(default=None, ge=1, description="nodes; default: learners + 1")
     params: dict[str, Any] = Field(default_factory=dict)
-
-
-Bytes = Annotated[float, _unit(units.size_bytes), Field(gt=0)]
 
 
 class LinkOverride(Section):
@@ -309,56 +295,13 @@ class OptimizerConfig(Section):
 
 # ------------------------------------------------------------------- protocols
 
-
-class NoSync(Section):
-    name: Literal["nosync"]
-
-
-class Serial(Section):
-    """One learner at the coordinator sees every learner's batches, one step per batch."""
-
-    name: Literal["serial"]
-
-
-class Continuous(Section):
-    name: Literal["continuous"]
-    wait: bool = True
-    deadline: PositiveSeconds | None = Field(
-        default=None, description="seconds after a round's first model at which the "
-        "coordinator averages what arrived; later models are late")
-
-
-class Periodic(Section):
-    name: Literal["periodic"]
-    b: int = Field(default=10, ge=1, description="rounds between synchronizations")
-    wait: bool = True
-    deadline: PositiveSeconds | None = Field(
-        default=None, description="seconds after a round's first model at which the "
-        "coordinator averages what arrived; later models are late")
-
-
-class FedAvg(Section):
-    name: Literal["fedavg"]
-    b: int = Field(default=10, ge=1)
-    fraction: float = Field(default=0.3, gt=0, le=1, description="C, share of learners averaged")
-    wait: bool = True
-    deadline: PositiveSeconds | None = Field(
-        default=None, description="seconds after a round's first model at which the "
-        "coordinator averages what arrived; later models are late")
-
-
-class Dynamic(Section):
-    """Dynamic averaging (seed 004 Algorithm 1)."""
-
-    name: Literal["dynamic"]
-    delta: float = Field(default=0.5, gt=0, description="divergence threshold")
-    b: int = Field(default=1, ge=1, description="rounds between local condition checks")
-    augmentation: Literal["double", "all"] = "double"
-
-
+# Each protocol module defines its own section (Protocol.Config, named by its `name`
+# literal); the schema takes them from the registry, so a new protocol edits nothing here.
 ProtocolConfig = Annotated[
-    NoSync | Serial | Continuous | Periodic | FedAvg | Dynamic, Field(discriminator="name")
+    Union[tuple(cls.Config for cls in PROTOCOLS.values())],  # noqa: UP007
+    Field(discriminator="name"),
 ]
+PeriodicConfig = PROTOCOLS["periodic"].Config
 
 
 # ----------------------------------------------------------------- compression
@@ -368,7 +311,7 @@ class CodecConfig(BaseModel):
     """A codec by name with its own parameters (checked by netfl.compression when built)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str
+    name: Literal[tuple(CODECS)]  # type: ignore[valid-type]  # the codec registry's names
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -490,7 +433,7 @@ class Scenario(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
-    protocol: ProtocolConfig = Field(default_factory=lambda: Periodic(name="periodic"))
+    protocol: ProtocolConfig = Field(default_factory=lambda: PeriodicConfig(name="periodic"))
     compression: CompressionConfig = Field(default_factory=CompressionConfig)
     probes: ProbesConfig = Field(default_factory=ProbesConfig)
     horizon: HorizonConfig = Field(default_factory=HorizonConfig)

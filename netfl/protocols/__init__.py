@@ -1,4 +1,9 @@
-"""Synchronization protocols by scenario name."""
+"""Synchronization protocols by scenario name: the one registry of this extension point.
+
+A protocol is one module defining a ``Protocol`` subclass with its ``Config`` section
+(``name: Literal[...]`` equal to its key here) and, if it needs more than one bank row
+per learner, ``needs``; then one line below. Nothing else changes.
+"""
 
 from netfl.protocols.base import Protocol
 from netfl.protocols.dynamic import Dynamic

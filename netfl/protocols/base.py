@@ -2,31 +2,51 @@
 
 A protocol decides who sends what to whom and what learners do while they
 wait. It moves models only through `Simulation.send`, never around the network.
+It talks to the engine only through netfl.sim.interface: its configuration
+section (``Config``), what it needs from the build (``needs``), and the hooks.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import simpy
+from pydantic import Field
 
-from netfl.sim.engine import COORDINATOR
+from netfl.schema import PositiveSeconds, Section
+from netfl.sim.interface import COORDINATOR, Needs, SimulationAPI
 
-if TYPE_CHECKING:
-    from netfl.sim.engine import Simulation
+_CHANNEL = 1  # child of the protocol's seed that seeds its codec channel
+
+
+class NoSyncConfig(Section):
+    name: Literal["nosync"]
 
 
 class Protocol:
     """No synchronization at all: the `nosync` baseline and the base of the others."""
 
     name = "nosync"
+    Config: ClassVar[type[Section]] = NoSyncConfig
+    synchronizes: ClassVar[bool] = False  # does it ever average (probes' every: sync)
     counters: tuple[str, ...] = ()  # extra per-round counters the protocol keeps in sim.counters
     message_kinds: tuple[str, ...] = ()  # kinds it sends; metrics get a bytes_<kind> column each
 
-    def __init__(self, sim: Simulation, config: Any) -> None:
+    def __init__(self, sim: SimulationAPI, config: Any, *, seed: int = 0) -> None:
         self.sim = sim
         self.config = config
+        self.seed = seed  # the protocol's own stream, split from the root seed
+
+    @classmethod
+    def needs(cls, config: Any, m: int) -> Needs:
+        """What the build must provide; the default is one bank row per learner."""
+        return Needs(bank_size=m)
+
+    def channel_seed(self) -> int:
+        """Seed of this protocol's codec channel: a child of its own seed, so codec draws
+        change with the scenario's seed and never with a protocol parameter."""
+        return int(np.random.SeedSequence([self.seed, _CHANNEL]).generate_state(1)[0])
 
     def start(self) -> None:
         """Called once before the first step (start coordinator processes here)."""
@@ -42,6 +62,15 @@ class Protocol:
             self.sim.unblock(dst)
 
 
+class StarConfig(Section):
+    """Settings every star averaging protocol has."""
+
+    wait: bool = True
+    deadline: PositiveSeconds | None = Field(
+        default=None, description="seconds after a round's first model at which the "
+        "coordinator averages what arrived; later models are late")
+
+
 class StarAveraging(Protocol):
     """Learners upload models to the coordinator, which averages and sends the result back.
 
@@ -54,16 +83,17 @@ class StarAveraging(Protocol):
     """
 
     message_kinds = ("model", "broadcast")
+    synchronizes = True
 
-    def __init__(self, sim: Simulation, config: Any) -> None:
-        super().__init__(sim, config)
+    def __init__(self, sim: SimulationAPI, config: Any, *, seed: int = 0) -> None:
+        super().__init__(sim, config, seed=seed)
         self.wait: bool = getattr(config, "wait", True)
         self.deadline: float | None = getattr(config, "deadline", None)
         self.inbox: dict[int, list[bytes]] = {}
         self.expected: dict[int, int] = {}
         self.closed: set[int] = set()  # rounds averaged or abandoned
         self.received = np.zeros(sim.m, dtype=np.int64)  # latest round whose average arrived
-        self.channel = sim.make_channel(seed=getattr(config, "b", 0))
+        self.channel = sim.make_channel(seed=self.channel_seed())
 
     def syncs_at(self, rnd: int) -> bool:
         raise NotImplementedError

@@ -22,17 +22,16 @@ Violations that arrive while the coordinator balances join the current B.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 import numpy as np
 import simpy
 import torch
+from pydantic import Field
 
 from netfl.protocols.base import Protocol
-from netfl.sim.engine import COORDINATOR
-
-if TYPE_CHECKING:
-    from netfl.sim.engine import Simulation
+from netfl.schema import Section
+from netfl.sim.interface import COORDINATOR, SimulationAPI
 
 COUNTERS = ("violations", "balancings", "augmentations", "full_syncs", "reference_updates")
 KINDS = ("violation", "request", "model", "balance", "sync")
@@ -53,16 +52,27 @@ def augment(members: set[int], m: int, strategy: str, rng: np.random.Generator) 
     return np.sort(rng.choice(rest, size=len(members), replace=False)).tolist()
 
 
+class DynamicConfig(Section):
+    """Dynamic averaging (seed 004 Algorithm 1)."""
+
+    name: Literal["dynamic"]
+    delta: float = Field(default=0.5, gt=0, description="divergence threshold")
+    b: int = Field(default=1, ge=1, description="rounds between local condition checks")
+    augmentation: Literal["double", "all"] = "double"
+
+
 class Dynamic(Protocol):
     name = "dynamic"
+    Config = DynamicConfig
+    synchronizes = True
     counters = COUNTERS
     message_kinds = KINDS
 
-    def __init__(self, sim: Simulation, config: Any, *, seed: int = 0) -> None:
-        super().__init__(sim, config)
+    def __init__(self, sim: SimulationAPI, config: Any, *, seed: int = 0) -> None:
+        super().__init__(sim, config, seed=seed)
         self.delta = float(config.delta)
         self.rng = np.random.default_rng(seed)
-        self.channel = sim.make_channel(seed=seed)  # its base is the reference model r
+        self.channel = sim.make_channel(seed=self.channel_seed())  # base: the reference r
         self.violation_counter = 0
         self.inbox: simpy.Store = simpy.Store(sim.env)
         self.replies: dict[int, simpy.Event] = {}

@@ -9,18 +9,26 @@ from (seed, t) alone, a schedule every learner knows, so it costs no message.
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
-from netfl.protocols.base import StarAveraging
+from netfl.protocols.base import StarAveraging, StarConfig
+
+
+class FedAvgConfig(StarConfig):
+    name: Literal["fedavg"]
+    b: int = Field(default=10, ge=1)
+    fraction: float = Field(default=0.3, gt=0, le=1, description="C, share of learners averaged")
 
 
 class FedAvg(StarAveraging):
     name = "fedavg"
+    Config = FedAvgConfig
 
     def __init__(self, sim, config, *, seed: int = 0) -> None:
-        super().__init__(sim, config)
-        self.seed = seed
+        super().__init__(sim, config, seed=seed)
         self.count = max(1, round(config.fraction * sim.m))
 
     def syncs_at(self, rnd: int) -> bool:

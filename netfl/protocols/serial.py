@@ -7,16 +7,32 @@ in learner order, so it is the serial online algorithm on all m*T batches.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import numpy as np
 
 from netfl.protocols.base import Protocol
+from netfl.schema import Section
 from netfl.sim import wire
-from netfl.sim.engine import COORDINATOR
+from netfl.sim.interface import COORDINATOR, Needs
+
+
+class SerialConfig(Section):
+    """One learner at the coordinator sees every learner's batches, one step per batch."""
+
+    name: Literal["serial"]
 
 
 class Serial(Protocol):
     name = "serial"
+    Config = SerialConfig
     message_kinds = ("samples",)
+
+    @classmethod
+    def needs(cls, config: Any, m: int) -> Needs:
+        """One central model that takes every learner's batch in turn, on one machine."""
+        return Needs(bank_size=1, batches_per_step=m, one_machine=True, local_models=False,
+                     models_on_wire=False)
 
     def after_step(self, learners: np.ndarray, rounds: np.ndarray) -> None:
         sim = self.sim

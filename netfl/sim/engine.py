@@ -21,15 +21,15 @@ import torch
 from netfl.sim import wire
 from netfl.sim.channel import Channel
 from netfl.sim.instant import AfterNormal
+from netfl.sim.interface import COORDINATOR, ProtocolHooks
 from netfl.sim.network import Message, Network
 
 if TYPE_CHECKING:
     from netfl.compression import Codec
     from netfl.data.sources import BatchSource
     from netfl.learning.bank import LearnerBank
-    from netfl.protocols.base import Protocol
 
-COORDINATOR = "coordinator"
+__all__ = ["COORDINATOR", "DeadlockError", "Simulation"]
 _EPS = 1e-9
 
 
@@ -70,7 +70,7 @@ class Simulation:
         network: Network,
         bank: LearnerBank,
         source: BatchSource,
-        protocol_factory: Callable[[Simulation], Protocol],
+        protocol_factory: Callable[[Simulation], ProtocolHooks],
         tick: float,
         durations: np.ndarray,
         horizon_rounds: int | None,

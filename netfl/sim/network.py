@@ -32,11 +32,11 @@ import numpy as np
 import simpy
 
 from netfl.sim.flow import FlowSharing
+from netfl.sim.interface import COORDINATOR
 from netfl.sim.links import STAT_COLUMNS, Link, read_links
 from netfl.sim.routing import Router, node_key
 from netfl.sim.store_forward import StoreAndForward
 
-COORDINATOR = "coordinator"
 MODELS = ("flow", "store_and_forward")
 MESSAGE_COLUMNS = ["kind", "src", "dst", "round", "bytes", "sent_s", "delivered_s", "hops",
                    "attempts"]
