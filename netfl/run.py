@@ -86,6 +86,7 @@ def run(scenario: Scenario, out: str | None = None, *, progress: bool = True) ->
                 recorder.buffered("messages", MESSAGE_COLUMNS, row)
         summary = summarize(sim, scenario, status, time.perf_counter() - started,
                             recorder.first_reaching(scenario.eval.target_accuracy))
+        summary.update(sim.protocol.summary())
         if error is not None:
             summary["error"] = error
         summary["run_dir"] = str(Path(run_dir))

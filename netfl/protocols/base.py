@@ -51,6 +51,10 @@ class Protocol:
     def start(self) -> None:
         """Called once before the first step (start coordinator processes here)."""
 
+    def summary(self) -> dict[str, Any]:
+        """Protocol-specific totals for summary.json (e.g. staleness); none by default."""
+        return {}
+
     def after_step(self, learners: np.ndarray, rounds: np.ndarray) -> None:
         """Called after `learners` completed their round `rounds` (1-based) in one batch."""
 
