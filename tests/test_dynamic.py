@@ -160,3 +160,23 @@ def test_dynamic_is_deterministic(tiny):
     a, b = once(), once()
     assert a[0] == b[0] and a[1] == b[1]
     assert torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("delta", [0.3, 1.0])
+def test_violations_arriving_while_balancing_count_towards_full_sync(delta):
+    # slow hierarchy links: violations arrive while the coordinator waits for queried
+    # models; Algorithm 1 then forces B = [m] once v reaches m, never a partial balancing
+    from netfl.build import build
+    from netfl.scenario import from_dict
+
+    s = from_dict({
+        "seed": 1, "device": "cpu", "learners": {"count": 16, "compute_time": "10 ms"},
+        "network": {"topology": {"generator": "hierarchy"}, "bandwidth": "2 Mbit/s",
+                    "latency": "20 ms"},
+        "data": {"dataset": "digits", "batch_size": 10}, "model": {"kind": "mlp", "hidden": [16]},
+        "protocol": {"name": "dynamic", "delta": delta}, "horizon": {"rounds": 100}})
+    built = build(s)
+    built.simulation.run()
+    protocol, counters = built.simulation.protocol, built.simulation.counters
+    assert counters["full_syncs"] >= 3  # violations did pile up to m
+    assert protocol.partial_at_full_count == 0

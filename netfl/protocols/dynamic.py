@@ -17,7 +17,10 @@ Two choices the seed leaves open, made here and tested:
   (afterwards every learner equals r, so no earlier violation is pending);
   Algorithm 1 writes the reset only in the v = m branch.
 - Learners learn r for free: it is the model a full synchronization sends them.
-Violations that arrive while the coordinator balances join the current B.
+Violations that arrive while the coordinator balances (it waits for queried
+models over the network, which Algorithm 1's instantaneous coordinator never
+does) join the current B and add to v, and the test v = m is made again before
+every further augmentation, so no partial balancing is ever sent with v >= m.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Dynamic(Protocol):
         self.rng = np.random.default_rng(seed)
         self.channel = sim.make_channel(seed=self.channel_seed())  # base: the reference r
         self.violation_counter = 0
+        self.partial_at_full_count = 0  # balancings sent although v >= m (must stay 0)
         self.inbox: simpy.Store = simpy.Store(sim.env)
         self.replies: dict[int, simpy.Event] = {}
         self.last_model_sent = np.full(sim.m, -np.inf)
@@ -165,11 +169,16 @@ class Dynamic(Protocol):
                 continue
             self.violation_counter += len(models)
             reference = self.reference.clone()
-            if self.violation_counter >= sim.m:
-                yield from self._query(models, [i for i in range(sim.m) if i not in models])
-            while len(models) < sim.m and self._too_far(models, reference):
-                added = augment(set(models), sim.m, self.config.augmentation, self.rng)
-                sim.counters["augmentations"] += 1
+            while len(models) < sim.m:
+                # v counts every violation, also those that arrived during a query, so the
+                # full-synchronization test v = m is made again after each one
+                if self.violation_counter >= sim.m:
+                    added = [i for i in range(sim.m) if i not in models]
+                elif self._too_far(models, reference):
+                    added = augment(set(models), sim.m, self.config.augmentation, self.rng)
+                    sim.counters["augmentations"] += 1
+                else:
+                    break
                 before = len(models)
                 yield from self._query(models, added)
                 if len(models) == before:
@@ -214,6 +223,8 @@ class Dynamic(Protocol):
         members = sorted(models)
         mean = torch.stack([models[i] for i in members]).mean(dim=0)
         full = len(members) == sim.m
+        if not full and self.violation_counter >= sim.m:
+            self.partial_at_full_count += 1  # Algorithm 1 forbids this (v = m forces B = [m])
         payload, version = self.channel.encode_down(mean, new_base=full)
         if full:
             self.violation_counter = 0
