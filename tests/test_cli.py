@@ -28,7 +28,8 @@ def test_validate_prints_resolved_scenario(tmp_path, capsys):
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["learners"]["count"] == 3
     assert resolved["network"]["latency"] == 0.02
-    assert resolved["protocol"] == {"name": "periodic", "b": 10, "wait": True, "deadline": None}
+    assert resolved["protocol"] == {"name": "periodic", "b": 10, "wait": True, "deadline": None,
+                                    "mu": 0.0, "server_optimizer": None}
 
 
 @pytest.mark.parametrize("data, needle", [

@@ -154,6 +154,13 @@ class LearnerBank:
             opts.update(betas=betas, eps=eps)
         self.optimizer: Optimizer = make_optimizer(optimizer, self._plist(), **opts)
 
+        # Optional additive gradient terms, both off by default (see ``set_proximal`` and
+        # ``set_correction``): FedProx's mu*(w - anchor) and SCAFFOLD's control correction.
+        self.prox_mu: float = 0.0
+        self.anchor: dict[str, Tensor] | None = None  # [m, ...] per trainable parameter
+        self.correction: Tensor | None = None  # [m, P] flat, in ``names`` order
+        self._correction_rows: dict[str, Tensor] = {}  # views of ``correction`` per parameter
+
         self._train = vmap(grad(self._objective, has_aux=True))
         # A model that can run k parameter sets at once (forward_stacked) is differentiated
         # by plain autograd: learners' losses are separate, so the gradient of their sum is
@@ -288,6 +295,8 @@ class LearnerBank:
             grads, (loss_sum, logits) = self._train_stacked(current, x, y)
         else:
             grads, (loss_sum, logits) = self._train(current, x, y)
+        if self.anchor is not None or self.correction is not None:
+            self._add_terms(grads, current, index)
         self.optimizer.update(self._plist(), [grads[n] for n in self.trainable], index)
         if self.regression:
             correct = torch.zeros(k, dtype=torch.int64, device=self.device)
@@ -299,6 +308,88 @@ class LearnerBank:
         # step's allocations reuse the heap. Costs one gradient set of memory.
         self._scratch = grads
         return StepResult(loss_sum=loss_sum, correct=correct)
+
+    def _add_terms(self, grads: dict[str, Tensor], current: dict[str, Tensor],
+                   index: Tensor | None) -> None:
+        """Add the proximal term ``mu*(w - anchor)`` and the correction rows to ``grads`` of
+        the rows ``index``, in place, with one fused op per term over all parameters."""
+        names = self.trainable
+        g = [grads[n] for n in names]
+        if self.anchor is not None:
+            anchor = [self.anchor[n] if index is None else self.anchor[n].index_select(0, index)
+                      for n in names]
+            diff = torch._foreach_sub([current[n] for n in names], anchor)
+            torch._foreach_add_(g, diff, alpha=self.prox_mu)
+        if self.correction is not None:
+            rows = self._correction_rows
+            corr = [rows[n] if index is None else rows[n].index_select(0, index) for n in names]
+            torch._foreach_add_(g, corr)
+
+    # ------------------------------------------------------------ gradient terms
+    @torch.no_grad()
+    def set_proximal(self, mu: float, anchor: Tensor | dict[str, Tensor] | None = None) -> None:
+        """FedProx (Li et al. 2020): train on ``f_i(w) + mu/2 ||w - anchor_i||^2``, i.e. every
+        step adds ``mu * (w - anchor_i)`` to the gradient (whatever ``reduction``; the
+        optimizer's weight decay comes on top). ``anchor`` is one model for every row (flat
+        ``[P]`` or a dict), stacked rows (``[m, P]`` or a stacked dict), or None: the
+        current models. From then on ``assign`` also sets the anchors of the rows it
+        assigns, so a learner's anchor is the model it last received. ``mu = 0`` turns
+        the term off (and forgets the anchors)."""
+        mu = float(mu)
+        if not mu >= 0:
+            raise ValueError(f"mu: must be >= 0, got {mu}")
+        if mu == 0:
+            self.prox_mu, self.anchor = 0.0, None
+            return
+        self.prox_mu = mu
+        self.anchor = {n: self.params[n].clone() for n in self.trainable}
+        if anchor is not None:
+            self.set_anchor(None, anchor)
+
+    @torch.no_grad()
+    def set_anchor(self, idx: IndexLike, anchor: Tensor | dict[str, Tensor]) -> None:
+        """Set the proximal anchors of rows ``idx`` (flat ``[P]``/``[k, P]`` or a dict)."""
+        if self.anchor is None:
+            raise ValueError("set_anchor: no proximal term; call set_proximal(mu > 0) first")
+        index, k = self._index(idx)
+        params = self.unflatten(anchor) if isinstance(anchor, Tensor) else anchor
+        for n in self.trainable:
+            self._copy_rows(self.anchor[n], index, k, params[n], n)
+
+    @torch.no_grad()
+    def set_correction(self, correction: Tensor | None, idx: IndexLike = None) -> None:
+        """An additive gradient correction per row (SCAFFOLD's ``c - c_i``): every step adds
+        row i of it to learner i's gradient (frozen parameters ignore it). ``correction``
+        is flat: ``[m, P]`` (or ``[P]`` for every row) with ``idx=None``, which replaces
+        the whole correction (None turns it off), or ``[k, P]``/``[P]`` for the rows
+        ``idx`` of the current one (zero rows first if there is none)."""
+        index, k = self._index(idx)
+        if correction is None:
+            if idx is not None:
+                raise ValueError("set_correction: None turns the correction off for all rows")
+            self.correction, self._correction_rows = None, {}
+            return
+        if correction.shape[-1] != self.num_params or correction.dim() not in (1, 2):
+            raise ValueError(f"correction: expected [P] or [k, P] with P={self.num_params}, "
+                             f"got {tuple(correction.shape)}")
+        if self.correction is None:
+            self.correction = torch.zeros(self.m, self.num_params, device=self.device,
+                                          dtype=self.dtype)
+            self._correction_rows = self.unflatten(self.correction)
+        self._copy_rows(self.correction, index, k, correction, "correction")
+
+    def _copy_rows(self, dest: Tensor, index: Tensor | None, k: int, value: Tensor,
+                   name: str) -> None:
+        v = value.to(device=self.device, dtype=dest.dtype)
+        if v.dim() == dest.dim() - 1:
+            v = v.unsqueeze(0).expand(k, *v.shape)
+        elif v.dim() != dest.dim() or v.shape[0] != k:
+            raise ValueError(f"{name}: expected {tuple(dest.shape[1:])} or "
+                             f"{(k, *dest.shape[1:])}, got {tuple(v.shape)}")
+        if index is None:
+            dest.copy_(v)
+        else:
+            dest.index_copy_(0, index, v.contiguous())
 
     def reset_optimizer(self, idx: IndexLike = None) -> None:
         """Reset the optimizer state (momentum, Adam moments and step counts) of ``idx``."""
@@ -322,7 +413,8 @@ class LearnerBank:
     @torch.no_grad()
     def assign(self, idx: IndexLike, params: dict[str, Tensor]) -> None:
         """Replace the models of ``idx`` by ``params``: one unstacked model (broadcast to
-        all of ``idx``) or stacked ``[k, ...]``. Optimizer state is kept."""
+        all of ``idx``) or stacked ``[k, ...]``. Optimizer state is kept. With a proximal
+        term (``set_proximal``) the assigned models also become the anchors of ``idx``."""
         index, k = self._index(idx)
         missing = set(self.names) - set(params)
         if missing:
@@ -340,6 +432,13 @@ class LearnerBank:
                 p.copy_(v)
             else:
                 p.index_copy_(0, index, v.contiguous())
+        if self.anchor is not None:  # FedProx: a received model is the new anchor
+            for n in self.trainable:
+                src = self.params[n]
+                if index is None:
+                    self.anchor[n].copy_(src)
+                else:
+                    self.anchor[n].index_copy_(0, index, src.index_select(0, index))
 
     @torch.no_grad()
     def get(self, idx: IndexLike = None) -> dict[str, Tensor]:

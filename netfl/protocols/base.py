@@ -12,8 +12,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import simpy
+import torch
 from pydantic import Field
 
+from netfl.protocols.server_opt import ServerOptimizer, ServerOptimizerConfig
 from netfl.schema import PositiveSeconds, Section
 from netfl.sim.interface import COORDINATOR, Needs, SimulationAPI
 
@@ -73,6 +75,12 @@ class StarConfig(Section):
     deadline: PositiveSeconds | None = Field(
         default=None, description="seconds after a round's first model at which the "
         "coordinator averages what arrived; later models are late")
+    mu: float = Field(
+        default=0.0, ge=0, description="FedProx: learners minimise f_i(w) + mu/2 ||w - w_g||^2, "
+        "w_g the global model they last received (0: off)")
+    server_optimizer: ServerOptimizerConfig | None = Field(
+        default=None, description="FedAvgM/FedOpt: the coordinator steps its global model "
+        "along Delta = mean(uploaded) - previous global (null: plain averaging)")
 
 
 class StarAveraging(Protocol):
@@ -84,6 +92,15 @@ class StarAveraging(Protocol):
     arrived by then; models of a round already averaged are late (counted, dropped).
     An upload the network gives up is no longer expected; if none of a round's models
     arrive there is no average and its waiting learners carry on with their own models.
+
+    ``mu > 0`` adds FedProx's proximal term to every learner's local steps, anchored at
+    the global model it last received. A ``server_optimizer`` replaces the average by a
+    step of the coordinator's global model ``x`` along ``Delta = average - x``
+    (netfl.protocols.server_opt); ``x`` starts as the initial model and is, after each
+    round, the new global model as learners reconstruct it (the channel's newest base,
+    so lossy downlinks stay consistent). Subclasses change what travels through
+    ``_uploads`` (learner -> coordinator), ``_average`` (coordinator) and ``_received``
+    (coordinator -> learner).
     """
 
     message_kinds = ("model", "broadcast")
@@ -98,6 +115,12 @@ class StarAveraging(Protocol):
         self.closed: set[int] = set()  # rounds averaged or abandoned
         self.received = np.zeros(sim.m, dtype=np.int64)  # latest round whose average arrived
         self.channel = sim.make_channel(seed=self.channel_seed())
+        self.mu: float = float(getattr(config, "mu", 0.0) or 0.0)
+        if self.mu > 0:
+            sim.bank.set_proximal(self.mu)  # anchors: the current models, then each received one
+        opt = getattr(config, "server_optimizer", None)
+        self.server_optimizer = None if opt is None else ServerOptimizer(opt)
+        self.global_model: torch.Tensor = self.channel.bases[0]  # x: the last global model
 
     def syncs_at(self, rnd: int) -> bool:
         raise NotImplementedError
@@ -123,10 +146,14 @@ class StarAveraging(Protocol):
             self.expected.setdefault(rnd, len(self.uploaders(rnd)))
             if not len(senders):
                 continue
-            models = self.sim.bank.flat(self.sim.index(senders))
-            for learner, payload in zip(senders, self.channel.encode_up(senders, models)):
+            for learner, payload in zip(senders, self._uploads(senders, rnd)):
                 event = self.sim.send("model", int(learner), COORDINATOR, rnd, payload)
                 event.callbacks.append(self._on_model)
+
+    def _uploads(self, senders: np.ndarray, rnd: int) -> list[bytes]:
+        """The payloads ``senders`` upload at round ``rnd``: their models, through the channel."""
+        models = self.sim.bank.flat(self.sim.index(senders))
+        return self.channel.encode_up(senders, models)
 
     def _on_model(self, event: simpy.Event) -> None:
         msg = event.value
@@ -165,18 +192,42 @@ class StarAveraging(Protocol):
 
     def _aggregate(self, rnd: int) -> None:
         self.closed.add(rnd)
-        models = self.channel.decode_up(self.inbox.pop(rnd))
+        payloads = self.inbox.pop(rnd)
         del self.expected[rnd]
-        payload, version = self.channel.encode_down(models.mean(dim=0))
+        payload, version = self._average(payloads)
         self.sim.counters["syncs"] += 1
         for learner in self.receivers(rnd):
             event = self.sim.send("broadcast", COORDINATOR, int(learner), rnd, payload)
             event.callbacks.append(lambda ev, v=version: self._on_average(ev, v))
 
+    def _average(self, payloads: list[bytes]) -> tuple[bytes, int]:
+        """The new global model from a round's uploads, as a payload and its base version."""
+        mean = self.channel.decode_up(payloads).mean(dim=0)
+        if self.server_optimizer is None:  # plain averaging, bit for bit as ever
+            return self._send_global(mean)
+        return self._send_global(self._server_step(mean - self.global_model))
+
+    def _server_step(self, delta: torch.Tensor) -> torch.Tensor:
+        """The server optimizer's step from ``global_model`` along pseudo-gradient ``delta``
+        (without one: ``global_model + delta``)."""
+        if self.server_optimizer is None:
+            return self.global_model + delta
+        return self.server_optimizer.step(self.global_model, delta)
+
+    def _send_global(self, model: torch.Tensor) -> tuple[bytes, int]:
+        """Encode the new global model down (as ever) and keep what learners reconstruct."""
+        payload, version = self.channel.encode_down(model)
+        self.global_model = self.channel.bases[version]
+        return payload, version
+
     def _on_average(self, event: simpy.Event, version: int) -> None:
         msg = event.value
         self.received[msg.dst] = max(self.received[msg.dst], msg.round)
         self.channel.received(msg.dst, version)
-        self.sim.deliver(msg.dst, self.channel.decode_down(msg.payload))
+        self._received(msg.dst, msg.payload, version)
         if self.wait and self.sim.blocked[msg.dst]:
             self.sim.unblock(msg.dst)
+
+    def _received(self, learner: int, payload: bytes, version: int) -> None:
+        """A learner received the global model: it takes it before its next step."""
+        self.sim.deliver(learner, self.channel.decode_down(payload))
