@@ -117,7 +117,8 @@ def _differences(group: list[dict[str, Any]]) -> list[str]:
             for r in group]
     keys = [k for k in dict.fromkeys(k for f in flat for k in f)
             if len({repr(f.get(k)) for f in flat}) > 1]
-    return [" ".join(f"{_short(k, keys)}={compact(f.get(k))}" for k in keys) for f in flat]
+    return [" ".join(f"{_short(k, keys)}={compact(f[k])}" for k in keys
+                     if f.get(k) not in (None, "", [], {})) for f in flat]  # only what is set
 
 
 def _dedupe(names: list[str], extra: Callable[[list[int]], list[str]]) -> list[str]:
@@ -167,19 +168,29 @@ def plot_curves(run: dict[str, Any], out: Path) -> Path:
     return out
 
 
+_INLINE_LABELS = 8
+
+
 def plot_tradeoff(runs: list[dict[str, Any]], out: Path,
                   names: list[str] | None = None) -> Path:
     names = names or labels(runs)
     points = [(b / 1e6, loss) for b, loss in map(totals, runs)]
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for (x, y), name in zip(points, names):
-        ax.scatter([x], [y])
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    many = len(runs) > _INLINE_LABELS  # beyond this, labels beside points overlap: a legend
+    fig, ax = plt.subplots(figsize=(11, 6) if many else (7, 5))
+    markers = "osD^v<>PX*"
+    for i, ((x, y), name) in enumerate(zip(points, names)):
+        ax.scatter([x], [y], marker=markers[i // 10 % len(markers)] if many else "o",
+                   label=name if many else None)
+        if not many:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if len(runs) > 1:
         front = [points[i] for i in pareto_front(points)]
         ax.step([x for x, _ in front], [y for _, y in front], where="post", color="gray",
                 linestyle="--", linewidth=1, label="Pareto front", zorder=0)
-        ax.legend(fontsize=8)
+        if many:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        else:
+            ax.legend(fontsize=8)
     ax.set_xscale("symlog", linthresh=1e-3)
     ax.set_xlabel("cumulative communication (MB)")
     ax.set_ylabel("cumulative loss")
