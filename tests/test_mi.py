@@ -417,3 +417,24 @@ def test_registry() -> None:
     assert set(mi.ESTIMATORS) == set(ESTIMATOR_NAMES)
     x, y, _ = rho_pair(0.9, n=500)
     assert mi.estimate("gaussian", x, y) == mi.gaussian(x, y)
+
+
+@pytest.mark.parametrize("n", [10, 100, 1000, 4097])
+@pytest.mark.parametrize("cx, cy", [(0.3, 0.1), (10.0 / 3, 0.7)])
+def test_gaussian_is_zero_on_constant_columns_whatever_their_value(n, cx, cy):
+    # 0.3 is not a float: its centred column is round-off, which must not count as signal
+    assert mi.gaussian(np.full((n, 3), cx), np.full((n, 2), cy)) == 0.0
+    assert mi.gaussian(np.full((n, 1), cx), np.full((n, 1), cy)) == 0.0
+    noise = np.random.default_rng(n).normal(size=(n, 2))
+    with_constant = np.hstack([noise[:, :1], np.full((n, 1), cx)])
+    assert mi.gaussian(with_constant, noise[:, 1:]) == pytest.approx(
+        mi.gaussian(noise[:, :1], noise[:, 1:]), abs=1e-6)  # the ridge scales with d
+
+
+def test_a_small_spread_on_a_large_offset_is_not_taken_for_a_constant():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2000, 1))
+    y = x + 0.5 * rng.normal(size=(2000, 1))
+    truth = mi.gaussian(x, y)
+    assert truth > 0.5
+    assert mi.gaussian(1e6 + 1e-3 * x, y) == pytest.approx(truth, rel=1e-6)
