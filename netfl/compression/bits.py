@@ -51,6 +51,18 @@ class Reader:
         self.pos += nbytes
         return out
 
+    def remaining(self) -> int:
+        """Bytes not read yet."""
+        return len(self.data) - self.pos
+
+    def need(self, nbytes: int, what: str) -> None:
+        """CodecError unless at least `nbytes` bytes are left (checked before allocating)."""
+        if nbytes > self.remaining():
+            raise CodecError(
+                f"undecodable bytes: {what} needs at least {nbytes} bytes, "
+                f"{self.remaining()} left at offset {self.pos}"
+            )
+
     def u8(self) -> int:
         return self.take(1)[0]
 

@@ -34,7 +34,13 @@ from netfl.compression import lossless as _lossless
 from netfl.compression.bits import Reader, varint
 from netfl.compression.errors import CodecError
 
-MAX_ENTRIES = 2**40  # decoding refuses shapes claiming more entries (corrupt headers)
+#: Largest tensor a codec encodes or decodes, in entries (2**31 float32 = 8 GiB). Sparse
+#: and sketch payloads legitimately decode to far more entries than they have bytes, so a
+#: header's claimed size cannot be bounded by the payload length alone; this cap keeps a
+#: corrupt header from asking for an absurd allocation (it is checked before any).
+MAX_ENTRIES = 2**31
+#: Most dimensions of a tensor (numpy's own limit); more is a CodecError on encode and decode.
+MAX_NDIM = 64
 
 Tensor = torch.Tensor
 
@@ -75,21 +81,37 @@ def as_array(tensor: Tensor | np.ndarray) -> np.ndarray:
 
 
 def shape_of(tensor: Tensor | np.ndarray) -> tuple[int, ...]:
-    return tuple(int(d) for d in tensor.shape)
+    """The shape of a tensor to encode; CodecError beyond MAX_NDIM or MAX_ENTRIES."""
+    return check_shape(tuple(int(d) for d in tensor.shape))
+
+
+def check_shape(shape: tuple[int, ...], what: str = "tensor") -> tuple[int, ...]:
+    """`shape` when it has at most MAX_NDIM dimensions and MAX_ENTRIES entries."""
+    if len(shape) > MAX_NDIM:
+        raise CodecError(f"{what} has {len(shape)} dimensions; codecs take at most {MAX_NDIM}")
+    entries = math.prod(shape)
+    if entries > MAX_ENTRIES:
+        raise CodecError(
+            f"{what} of shape {shape} has {entries} entries; codecs take at most "
+            f"{MAX_ENTRIES} (netfl.compression.codec.MAX_ENTRIES)"
+        )
+    return shape
 
 
 def shape_header(shape: tuple[int, ...]) -> bytes:
-    if len(shape) > 255:
-        raise CodecError(f"tensors of at most 255 dimensions, got {len(shape)}")
+    check_shape(shape)
     return bytes([len(shape)]) + b"".join(varint(d) for d in shape)
 
 
 def read_shape(reader: Reader) -> tuple[int, ...]:
+    """The shape written by shape_header, checked before the payload is decoded."""
     ndim = reader.u8()
+    if ndim > MAX_NDIM:
+        raise CodecError(
+            f"undecodable bytes: header claims {ndim} dimensions, at most {MAX_NDIM}"
+        )
     shape = tuple(reader.varint() for _ in range(ndim))
-    if math.prod(shape) > MAX_ENTRIES:
-        raise CodecError(f"undecodable bytes: shape {shape} claims too many entries")
-    return shape
+    return check_shape(shape, "undecodable bytes: header's tensor")
 
 
 # ---- parameter validation (every message names the parameter) -------------------------
@@ -177,7 +199,10 @@ class Codec:
         raise NotImplementedError
 
     def _decode_payload(self, reader: Reader, n: int) -> np.ndarray:
-        """Flat float32 values of a tensor of n entries, read from the payload."""
+        """Flat float32 values of a tensor of n entries, read from the payload.
+
+        n <= MAX_ENTRIES is checked; anything whose size the payload bounds (counts of
+        values) must be checked against `reader.remaining()` before allocating."""
         raise NotImplementedError
 
     def _min_payload_bits(self, n: int) -> int:
@@ -189,7 +214,8 @@ class Codec:
         self, tensor: Tensor | np.ndarray, *, rng: np.random.Generator | None = None
     ) -> bytes:
         """Bytes for one tensor; within budget_bits when set. `rng` overrides the codec's."""
-        return self._encode(as_array(tensor), shape_of(tensor), self.budget_bits, rng)
+        shape = shape_of(tensor)  # before as_array: numpy refuses > 64 dims with ValueError
+        return self._encode(as_array(tensor), shape, self.budget_bits, rng)
 
     def decode(self, data: bytes | bytearray | memoryview) -> Tensor:
         """The float32 tensor (CPU) of the shape written in `data`."""

@@ -111,6 +111,8 @@ class CountSketch(Codec):
         if not 1 <= cols <= MAX_COLS:
             raise CodecError(f"undecodable bytes: countsketch with {cols} columns")
         sketch = reader.array("<f4", self.rows * cols).reshape(self.rows, cols)
+        # the hashes take rows * n entries whatever the payload: refuse trailing bytes first
+        reader.finish()
         out = np.zeros(n, dtype=np.float32)
         if n == 0:
             return out

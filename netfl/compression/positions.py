@@ -133,6 +133,8 @@ def decode(reader: Reader, n: int, k: int) -> np.ndarray:
         b = reader.u8()
         if b > MAX_RICE_B:
             raise CodecError(f"undecodable bytes: Rice parameter {b}")
+        # k remainders of b bits, then a unary stream holding at least k zero bits
+        reader.need(packed_len(k, b) + 1 + (k + 7) // 8, f"{k} Rice-coded positions")
         r = unpack_codes(reader.take(packed_len(k, b)), k, b)
         unary = np.unpackbits(np.frombuffer(reader.take(reader.varint()), dtype=np.uint8),
                               bitorder="little")

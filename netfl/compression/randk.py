@@ -58,6 +58,7 @@ class RandK(SparseCodec):
             raise CodecError(f"undecodable bytes: {k} kept entries of {n}")
         if k == n or k == 0:
             return np.arange(k, dtype=np.int64)
+        reader.need(4 + 4 * k, f"randk with {k} kept entries")  # seed + k float32
         return random_positions(reader.u32(), n, k)
 
     def _values_bound(self, k: int, n: int) -> int:

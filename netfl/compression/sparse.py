@@ -19,6 +19,7 @@ import numpy as np
 from netfl.compression import positions as _positions
 from netfl.compression.bits import Reader, varint, varint_len
 from netfl.compression.codec import Codec, check_k, resolve_k
+from netfl.compression.errors import CodecError
 
 
 def largest_k(n: int, budget_bytes: int, cost: Callable[[int], int], lo: int = 0) -> int:
@@ -148,11 +149,18 @@ class SparseCodec(Codec):
         return pos, block
 
     def _decode_payload(self, reader: Reader, n: int) -> np.ndarray:
+        # n <= MAX_ENTRIES (read_shape); every block that k sizes is checked against the
+        # payload before it is allocated, and the dense output only once the whole payload
+        # parsed with no trailing bytes, so corrupt bytes cost at most the claimed layer.
         k = reader.varint()
+        if k > n:
+            raise CodecError(f"undecodable bytes: {k} kept entries of {n}")
         if k == n:
             return self._decode_values(reader, k, n) if k else np.zeros(0, dtype=np.float32)
         pos = self._read_positions(reader, n, k)
+        values = self._decode_values(reader, k, n) if k else None
+        reader.finish()
         out = np.zeros(n, dtype=np.float32)
         if k:
-            out[pos] = self._decode_values(reader, k, n)
+            out[pos] = values
         return out
