@@ -425,7 +425,7 @@ class OutputConfig(Section):
 
 
 class Scenario(Section):
-    name: str = "scenario"
+    name: str = Field(default="scenario", description="names the run directory")
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     network: NetworkConfig = Field(default_factory=NetworkConfig)
@@ -439,6 +439,14 @@ class Scenario(Section):
     horizon: HorizonConfig = Field(default_factory=HorizonConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not value or value in (".", "..") or any(c in value for c in "/\\\x00"):
+            raise ValueError(f"must be a plain name (it names the run directory under runs/): "
+                             f"no path separators, not '.' or '..', got {value!r}")
+        return value
 
     @field_validator("protocol", mode="before")
     @classmethod
@@ -475,6 +483,9 @@ def _format_errors(error: ValidationError, source: str) -> str:
             loc = ["protocol", *loc[2:]]  # drop pydantic's discriminator tag from the path
         path = ".".join(loc).replace(".[", "[") or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
+        field, sep, rest = message.partition(": must be an integer")
+        if sep and field.isidentifier():  # Section's bool check names its field: key path
+            path, message = f"{path}.{field}", "must be an integer" + rest
         if item["type"] == "extra_forbidden":
             message = "unknown key"
         elif item["type"] == "union_tag_invalid":
@@ -527,13 +538,25 @@ def from_dict(data: Any, source: str = "scenario", overrides: list[str] = ()) ->
         raise ScenarioError(_format_errors(exc, source)) from None
 
 
+def read_text(path: Path, what: str = "scenario file") -> str:
+    """A file's text, or a ScenarioError naming it (missing, unreadable, not UTF-8)."""
+    if not path.is_file():
+        raise ScenarioError(f"{path}: no such {what}")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") \
+            from None
+    except OSError as exc:
+        raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
+
+
 def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
     """Read and validate a scenario file; relative topology paths resolve as given or beside it."""
     path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"{path}: no such scenario file")
+    text = read_text(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -7,9 +7,10 @@ an import circle.
 
 from __future__ import annotations
 
-from typing import Annotated
+import typing
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from netfl import units
 
@@ -32,7 +33,26 @@ Probability = Annotated[float, Field(ge=0, lt=1)]
 Node = int | str
 
 
-class Section(BaseModel):
-    """A scenario section: unknown keys are errors, defaults are validated."""
+def _takes_int(annotation: object) -> bool:
+    """Whether a field's type is int, or int alongside None (not a float or a str)."""
+    if annotation is int:
+        return True
+    args = typing.get_args(annotation)
+    return int in args and not ({float, str} & set(args))
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+class Section(BaseModel):
+    """A scenario section: unknown keys are errors, defaults are validated, numbers are
+    finite (no .inf or .nan where a quantity is meant) and integers are not booleans."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_int(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                value = data.get(field.alias or name, data.get(name))
+                if isinstance(value, bool) and _takes_int(field.annotation):
+                    raise ValueError(f"{field.alias or name}: must be an integer, got {value}")
+        return data

@@ -178,7 +178,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Sweep:
     if not path.is_file():
         raise ScenarioError(f"{path}: no such sweep file")
     try:
-        spec = yaml.safe_load(path.read_text())
+        spec = yaml.safe_load(scenario_mod.read_text(path, "sweep file"))
     except yaml.YAMLError:
         raise ScenarioError(f"{path}: not valid YAML") from None
     if isinstance(spec, dict) and isinstance(spec.get("base"), dict):
