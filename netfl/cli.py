@@ -44,7 +44,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     scenario = scenario_mod.load(args.file, args.set)
     summary = run(scenario, args.out, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
-    return 0 if summary["status"] == "completed" else 130
+    return {"completed": 0, "diverged": 3}.get(summary["status"], 130)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -63,7 +63,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     rows = sweep.run_sweep(scenarios, out, progress=not args.quiet)
     print(sweep.format_table(rows))
     print(f"table: {out / 'sweep.csv'}")
-    return 0 if all(r["status"] == "completed" for r in rows) else 130
+    statuses = {r["status"] for r in rows}
+    return 0 if statuses == {"completed"} else 130 if "interrupted" in statuses else 3
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

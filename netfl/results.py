@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -132,9 +133,32 @@ class Recorder:
         write_summary(self.run_dir, summary)
 
 
+def strict_json(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with non-finite numbers as null, listed under ``non_finite`` (strict JSON
+    parsers reject NaN and Infinity)."""
+    bad: list[str] = []
+
+    def clean(value: Any, key: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            bad.append(key)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    out = clean(summary, "")
+    if bad:
+        out["non_finite"] = bad
+    return out
+
+
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Atomically, as strict JSON."""
     tmp = run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    text = json.dumps(strict_json(summary), indent=2, sort_keys=False, allow_nan=False)
+    tmp.write_text(text + "\n")
     os.replace(tmp, run_dir / "summary.json")
 
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from netfl.build import build
 from netfl.results import EVENT_COLUMNS, LEARNER_COLUMNS, Recorder, prepare_run_dir
 from netfl.scenario import Scenario
-from netfl.sim.engine import DeadlockError
+from netfl.sim.engine import DeadlockError, DivergedError
 from netfl.sim.network import MESSAGE_COLUMNS
 
 
@@ -71,7 +71,7 @@ def run(scenario: Scenario, out: str | None = None, *, progress: bool = True) ->
     sim = built.simulation
     extra = list(sim.protocol.counters) + [f"bytes_{k}" for k in sim.protocol.message_kinds]
     recorder = Recorder(run_dir, scenario.resolved(), extra, sim.eval_columns)
-    status, error = "failed", None
+    status, error, diverged = "failed", None, None
     try:
         sim.run()
         status = "completed"
@@ -79,6 +79,8 @@ def run(scenario: Scenario, out: str | None = None, *, progress: bool = True) ->
         status = "interrupted"
     except DeadlockError as exc:
         error = str(exc)
+    except DivergedError as exc:
+        status, diverged = "diverged", exc
     finally:
         bar.close()
         if on_message is not None:
@@ -86,6 +88,9 @@ def run(scenario: Scenario, out: str | None = None, *, progress: bool = True) ->
                 recorder.buffered("messages", MESSAGE_COLUMNS, row)
         summary = summarize(sim, scenario, status, time.perf_counter() - started,
                             recorder.first_reaching(scenario.eval.target_accuracy))
+        if diverged is not None:
+            summary["diverged_at_round"] = diverged.round
+            summary["error"] = str(diverged)
         summary.update(sim.protocol.summary())
         if error is not None:
             summary["error"] = error
@@ -103,7 +108,7 @@ class RunError(RuntimeError):
 def summarize(sim, scenario: Scenario, status: str, wall: float,
               time_to_accuracy: float | None = None) -> dict[str, Any]:
     net = sim.network
-    final = sim.evaluate() if status != "failed" else {}
+    final = sim.evaluate() if status in ("completed", "interrupted") else {}
     return {
         "status": status,
         "rounds": sim.rows_emitted,

@@ -197,10 +197,11 @@ def table_row(s: Scenario, summary: dict[str, Any], swept: list[str]) -> dict[st
 
 
 def run_sweep(scenarios: list[Scenario], out: str | Path, *, progress: bool = False,
-              log=sys.stderr) -> list[dict[str, Any]]:
+              log=None) -> list[dict[str, Any]]:
     """Run every scenario into out/<name>/ and write out/sweep.csv, one row per run."""
     from netfl.run import run
 
+    log = log if log is not None else sys.stderr  # the stream of now, not of import time
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     swept = swept_keys(scenarios)
@@ -211,8 +212,8 @@ def run_sweep(scenarios: list[Scenario], out: str | Path, *, progress: bool = Fa
         print(f"[{index}/{len(scenarios)}] {s.name}: loss {summary['cumulative_loss']:.1f}, "
               f"{summary['bytes_total']} bytes", file=log)
         write_table(rows, out / "sweep.csv")
-        if summary["status"] != "completed":
-            break
+        if summary["status"] == "interrupted":
+            break  # Ctrl-C stops the sweep; a diverged run is recorded and the sweep goes on
     return rows
 
 

@@ -42,3 +42,40 @@ def test_files_that_are_not_utf8_are_one_clear_error(tmp_path, capsys, raw, comm
     assert main([command, str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not UTF-8 text" in err and "Traceback" not in err
+
+
+def test_a_diverged_run_stops_with_its_round_strict_json_and_exit_3(tmp_path):
+    import json
+
+    import yaml
+
+    from .conftest import BASE, merge
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(merge(BASE, {
+        "optimizer": {"lr": 1e6}, "model": {"kind": "mlp", "hidden": [64, 64]},
+        "compression": {"uplink": {"name": "randk", "k": 10}},
+        "probes": {"parameters": {"replicas": 3, "every": 5, "estimators": ["ksg"], "k": 1,
+                                  "dims": 1}}})))
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 3
+    text = (tmp_path / "run" / "summary.json").read_text()
+    summary = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert summary["status"] == "diverged" and summary["diverged_at_round"] >= 1
+    assert "diverged" in summary["error"]
+
+
+def test_a_sweep_records_a_diverged_run_and_goes_on(tmp_path):
+    import csv
+
+    import yaml
+
+    from .conftest import BASE
+
+    sweep = tmp_path / "sw.yaml"
+    sweep.write_text(yaml.safe_dump({"name": "d", "base": BASE, "runs": [
+        {"optimizer": {"lr": 1e6}, "model": {"kind": "mlp", "hidden": [64, 64]}},
+        {"optimizer": {"lr": 0.1}}]}))
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--quiet"]) == 3
+    with (tmp_path / "out" / "sweep.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["status"] for r in rows] == ["diverged", "completed"]

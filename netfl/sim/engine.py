@@ -29,8 +29,27 @@ if TYPE_CHECKING:
     from netfl.data.sources import BatchSource
     from netfl.learning.bank import LearnerBank
 
-__all__ = ["COORDINATOR", "DeadlockError", "Simulation"]
+__all__ = ["COORDINATOR", "DeadlockError", "DivergedError", "Simulation"]
 _EPS = 1e-9
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or parameters; the run stops before anything
+    (a codec, a probe, a message) sees them. Built from (message, round) only, since SimPy
+    re-raises a process's exception as ``type(exc)(*exc.args)``."""
+
+    def __init__(self, message: str, round_: int):
+        super().__init__(message, round_)
+        self.round = round_
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    @classmethod
+    def at(cls, round_: int, learners: np.ndarray) -> DivergedError:
+        shown = ", ".join(str(i) for i in learners[:8]) + (", ..." if len(learners) > 8 else "")
+        return cls(f"training diverged in round {round_}: non-finite loss or parameters for "
+                   f"learner(s) {shown}; lower optimizer.lr", round_)
 
 
 class DeadlockError(RuntimeError):
@@ -229,6 +248,7 @@ class Simulation:
         rounds = self.rounds_done[learners]
         idx = self.index(learners)
         loss, samples = self._train(learners, idx, rounds)
+        self._check_finite(learners, idx, rounds, loss)
         self.rounds_done[learners] += 1
         self.due[learners] = tick + self.durations[learners]
         self.log.add(rounds, loss, samples)
@@ -236,6 +256,17 @@ class Simulation:
             self.on_learners(tick, learners, loss)
         self.protocol.after_step(learners, self.rounds_done[learners])
         self._emit_rows()
+
+    def _check_finite(self, learners: np.ndarray, idx: torch.Tensor, rounds: np.ndarray,
+                      loss: np.ndarray) -> None:
+        """Stop at the first non-finite loss or parameter, before the protocol sends it."""
+        bad = ~np.isfinite(loss)
+        if not bad.any():
+            finite = torch.isfinite(self.bank.flat(idx)).all(dim=1).cpu().numpy()
+            bad = ~finite
+        if bad.any():
+            rows = learners if len(bad) == len(learners) else learners[:1]
+            raise DivergedError.at(int(rounds.min()) + 1, rows[bad[:len(rows)]])
 
     def _train(self, learners: np.ndarray, idx: torch.Tensor, rounds: np.ndarray):
         everyone = len(learners) == self.m and (rounds == rounds[0]).all()
