@@ -8,7 +8,6 @@ asymmetric), then draws the graph with links coloured by bandwidth.
 
 from __future__ import annotations
 
-import heapq
 import statistics
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from netfl import scenario as scenario_mod
 from netfl import units
 from netfl.results import OutputError
 from netfl.sim import topology
+from netfl.sim.links import read_links
+from netfl.sim.routing import Router, node_key
 from netfl.sim.topology import TopologyError
 
 matplotlib.use("Agg")
@@ -117,50 +118,20 @@ def direction_bandwidth(data: dict[str, Any], a: Hashable, b: Hashable) -> float
     return units.bitrate(reverse)
 
 
-def _node_key(node: Hashable) -> tuple[str, Any]:
-    if isinstance(node, (int, np.integer)) and not isinstance(node, bool):
-        return ("", int(node))
-    return (type(node).__name__, str(node))
-
-
-def route_tree(g: nx.Graph, root: Hashable) -> dict[Hashable, Hashable | None]:
-    """Parent of every node on its lowest-latency route from root; ties: fewer hops."""
-    order = {node: i for i, node in enumerate(sorted(g, key=_node_key))}
-    best: dict[Hashable, tuple[float, int]] = {root: (0.0, 0)}
-    parent: dict[Hashable, Hashable | None] = {}
-    heap: list[tuple[float, int, int, Hashable, Hashable | None]] = [(0.0, 0, order[root], root,
-                                                                      None)]
-    while heap:
-        latency, hops, _, node, via = heapq.heappop(heap)
-        if node in parent:
-            continue
-        parent[node] = via
-        for nbr, data in g[node].items():
-            cost = (latency + float(data["latency"]), hops + 1)
-            if nbr not in parent and (nbr not in best or cost < best[nbr]):
-                best[nbr] = cost
-                heapq.heappush(heap, (*cost, order[nbr], nbr, node))
-    return parent
-
-
 def bottlenecks(g: nx.Graph, coordinator: Hashable,
                 nodes: Sequence[Hashable]) -> tuple[list[float], list[float]]:
     """Per learner node, the slowest link of its route (up: to the coordinator; down: from it).
 
-    A learner on the coordinator's node crosses no link and gets inf."""
-    parent = route_tree(g, coordinator)
+    Routes and link directions are the network's own (netfl.sim.routing, read_links), so
+    the report shows the paths a run's messages take. A learner on the coordinator's node
+    crosses no link and gets inf."""
+    router = Router(read_links(g), g.nodes, hubs={coordinator})
     up, down = [], []
     for node in nodes:
-        slow_up = slow_down = float("inf")
-        child = node
-        while child != coordinator:
-            via = parent[child]
-            data = g.edges[child, via]
-            slow_up = min(slow_up, direction_bandwidth(data, child, via))
-            slow_down = min(slow_down, direction_bandwidth(data, via, child))
-            child = via
-        up.append(slow_up)
-        down.append(slow_down)
+        up.append(min((link.bandwidth for link in router.route(node, coordinator)),
+                      default=float("inf")))
+        down.append(min((link.bandwidth for link in router.route(coordinator, node)),
+                        default=float("inf")))
     return up, down
 
 
@@ -215,13 +186,13 @@ def seconds(value: float) -> str:
 
 def summarize_nodes(nodes: Sequence[Hashable], limit: int = 12) -> str:
     """Distinct nodes in order, runs of consecutive ints as ranges: '4-15', '1, 3, a, ...'."""
-    distinct = sorted(dict.fromkeys(nodes), key=_node_key)
+    distinct = sorted(dict.fromkeys(nodes), key=node_key)
     parts: list[str] = []
     i = 0
     while i < len(distinct):
         j = i
-        while (j + 1 < len(distinct) and _node_key(distinct[j])[0] == ""
-               and _node_key(distinct[j + 1]) == ("", int(distinct[j]) + 1)):
+        while (j + 1 < len(distinct) and node_key(distinct[j])[0] == ""
+               and node_key(distinct[j + 1]) == ("", int(distinct[j]) + 1)):
             j += 1
         parts.append(f"{distinct[i]}-{distinct[j]}" if j > i + 1 else
                      ", ".join(str(x) for x in distinct[i:j + 1]))
@@ -282,7 +253,7 @@ def tree_layout(g: nx.Graph, root: Hashable) -> dict[Hashable, tuple[float, floa
     """Root on top, one row per depth, each row in BFS order so that no two links cross."""
     rows: dict[int, list[Hashable]] = {0: [root]}
     depth = {root: 0}
-    for u, v in nx.bfs_edges(g, root, sort_neighbors=lambda ns: sorted(ns, key=_node_key)):
+    for u, v in nx.bfs_edges(g, root, sort_neighbors=lambda ns: sorted(ns, key=node_key)):
         depth[v] = depth[u] + 1
         rows.setdefault(depth[v], []).append(v)
     pos = {}
@@ -328,7 +299,7 @@ def draw(net: Network, out: Path, title: str) -> Path:
     learners = set(net.learners) - {net.coordinator}
     others = [x for x in g if x not in learners and x != net.coordinator]
     for nodes, style in ((others, {"c": "lightgray", "s": size, "label": "node"}),
-                         (sorted(learners, key=_node_key),
+                         (sorted(learners, key=node_key),
                           {"c": "tab:orange", "s": size * 1.6,
                            "label": "learner" if net.from_scenario else "learner site"})):
         if nodes:

@@ -205,7 +205,7 @@ class FlowSharing:
         for flow in sorted(link.members):
             if flow.phase == _DONE:
                 continue
-            if flow.phase == _SHARING and flow in flow.links[0].flows:
+            if flow.phase == _SHARING:
                 moved = flow.rate * (now - flow.updated)
                 if flow.bottleneck is not None:
                     flow.bottleneck.delay += now - flow.updated

@@ -31,6 +31,7 @@ import yaml
 from scipy.sparse.csgraph import shortest_path
 
 from netfl import units
+from netfl.sim.routing import node_key
 
 LINK_ATTRS = ("bandwidth", "reverse_bandwidth", "latency", "loss")
 TIERS = ("access", "core")
@@ -559,7 +560,7 @@ def configure_links(
         by_link.setdefault(frozenset((u, v)), []).append((u, attrs))
     used: dict[str, set[str]] = {name: set() for name in tier_levels}
     for a, b, data in out.edges(data=True):
-        forward = data.get("forward", min(a, b, key=_node_key))
+        forward = data.get("forward", min(a, b, key=node_key))
         if forward not in (a, b):
             raise TopologyError(f"link ({a}, {b}): forward {forward!r} is not one of its ends")
         tier = tier_levels.get(data.get("tier"), {})
@@ -681,7 +682,7 @@ def most_central(g: nx.Graph, chunk: int = 256) -> Hashable:
     (memory chunk * n), which takes seconds beyond a few thousand nodes --
     name the coordinator there.
     """
-    nodes = sorted(g, key=_node_key)
+    nodes = sorted(g, key=node_key)
     if nx.is_tree(g):
         totals = _tree_distance_totals(g, nodes[0])
         return min(nodes, key=lambda x: totals[x])  # min keeps the first of equal totals
@@ -715,14 +716,7 @@ def _tree_distance_totals(g: nx.Graph, root: Hashable) -> dict[Hashable, int]:
 
 
 def _default_learner_nodes(g: nx.Graph, coordinator: Hashable) -> list[Hashable]:
-    others = sorted((x for x in g if x != coordinator), key=_node_key)
+    others = sorted((x for x in g if x != coordinator), key=node_key)
     branching_tree = nx.is_tree(g) and max(d for _, d in g.degree()) > 2
     leaves = [x for x in others if g.degree(x) == 1] if branching_tree else []
     return leaves or others or [coordinator]
-
-
-def _node_key(node: Hashable) -> tuple[str, Any]:
-    """Sort key that orders ints numerically and never compares unlike types."""
-    if isinstance(node, (int, np.integer)) and not isinstance(node, bool):
-        return ("", int(node))
-    return (type(node).__name__, str(node))
