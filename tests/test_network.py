@@ -340,3 +340,16 @@ def test_negative_size_is_refused():
     _, net = network(line([(1e6, 0.01)]), {0: 0, C: 1})
     with pytest.raises(ValueError, match="size"):
         net.send(msg(0, C, -1))
+
+
+def test_add_endpoint_places_a_protocol_endpoint_and_refuses_unknown_or_moved_ones():
+    env, net = network(line([(8000.0, 0.5)]), {0: 0, C: 1})
+    net.add_endpoint("edge:1", 1)
+    m = msg(0, "edge:1", 1000)
+    net.send(m)
+    env.run()
+    assert m.delivered_at == pytest.approx(1000 * 8 / 8000.0 + 0.5)
+    with pytest.raises(ValueError, match="unknown node 7"):
+        net.add_endpoint("edge:7", 7)
+    with pytest.raises(ValueError, match="already placed"):
+        net.add_endpoint("edge:1", 0)

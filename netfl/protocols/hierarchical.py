@@ -21,9 +21,9 @@ a learner's aggregator is the first node on its route to the coordinator (its ow
 node included) that is listed, else the coordinator's node. Routes and groups are
 fixed when the run is built, on the network with every link up.
 
-The engine's network only routes placed endpoints, so the protocol adds its
-aggregator endpoints to ``sim.network.placement`` when it is built (a plain dict
-read per message; routes are found lazily per endpoint pair). Messages between two
+The engine's network only routes placed endpoints, so the protocol places its
+aggregator endpoints with ``Network.add_endpoint`` when it is built (routes are
+found lazily per endpoint pair). Messages between two
 endpoints on one node (the coordinator's own aggregator) take no link and are
 delivered at once, but are charged like every message, as the network does for
 any endpoints sharing a node. Bytes: ``cloud_model`` counts as ``bytes_up``,
@@ -112,7 +112,7 @@ class Hierarchical(Protocol):
         self.endpoints = [endpoint(node) for node in self.nodes]
         self.index = {ep: k for k, ep in enumerate(self.endpoints)}
         for ep, node in zip(self.endpoints, self.nodes):
-            net.placement[ep] = node  # see the module docstring
+            net.add_endpoint(ep, node)
         self.groups = [np.flatnonzero(self.group_of == k) for k in range(len(self.nodes))]
         self.received = np.zeros(sim.m, dtype=np.int64)  # latest round whose average arrived
         self.edge_inbox: dict[tuple[int, int], list[bytes]] = {}

@@ -245,6 +245,15 @@ class Network:
         except (KeyError, TypeError):
             raise ValueError(f"unknown endpoint {endpoint!r}: not in the placement") from None
 
+    def add_endpoint(self, endpoint: Hashable, node: Hashable) -> None:
+        """Place one more endpoint (a protocol's own, such as an edge aggregator) on ``node``."""
+        if node not in self.graph:
+            raise ValueError(f"endpoint {endpoint!r} is placed on unknown node {node!r}")
+        if endpoint in self.placement and self.placement[endpoint] != node:
+            raise ValueError(f"endpoint {endpoint!r} is already placed on "
+                             f"{self.placement[endpoint]!r}")
+        self.placement[endpoint] = node
+
     def send(self, msg: Message) -> simpy.Event:
         """Send ``msg`` now; the returned event fires on delivery with ``msg`` as its value."""
         try:
