@@ -7,7 +7,7 @@ seed so that adding a component never shifts another's random stream.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +18,18 @@ import torch
 
 from netfl import compression
 from netfl.compression import Codec
-from netfl.data.datasets import Dataset, load_dataset
+from netfl.data.custom import as_dataset
+from netfl.data.datasets import DataError, Dataset, load_dataset
 from netfl.data.drift import DriftSchedule, make_source
-from netfl.data.partition import partition
+from netfl.data.partition import LABEL_SCHEMES, partition
 from netfl.data.sources import BatchSource, DatasetSource
 from netfl.data.streams import SampleStream
+from netfl.learning import memory
 from netfl.learning.bank import LearnerBank
 from netfl.learning.bank import resolve_device as bank_device
-from netfl.learning.models import build_model, last_layer
+from netfl.learning.custom import custom_model
+from netfl.learning.models import ModelError, build_model, last_layer
+from netfl.observers import Observer
 from netfl.probes.parameters import ParameterProbe, Projection, replica_seed
 from netfl.probes.representation import RepresentationProbe, local_samples
 from netfl.protocols import PROTOCOLS
@@ -37,13 +41,16 @@ from netfl.scenario import (
     ScenarioError,
     TopologyFile,
 )
+from netfl.sim import availability as availability_mod
+from netfl.sim import devices as devices_mod
 from netfl.sim import topology
 from netfl.sim.engine import Simulation
 from netfl.sim.failures import Failures, elements
 from netfl.sim.interface import COORDINATOR
 from netfl.sim.network import Network
 
-SEED_STREAMS = ("data", "init", "stream", "network", "protocol", "compute", "drift")
+SEED_STREAMS = ("data", "init", "stream", "network", "protocol", "compute", "drift",
+                "availability", "devices")  # append only: earlier streams never shift
 
 
 def seeds(root: int) -> dict[str, int]:
@@ -93,8 +100,11 @@ def build_graph(scenario: Scenario, m: int, seed: int) -> tuple[nx.Graph, Any, l
         latency=net.latency, loss=net.loss, tiers=tiers, overrides=overrides,
         tiers_key="network.tiers", overrides_key="network.links",  # the keys the user wrote
     )
+    where = net.topology.file if isinstance(net.topology, TopologyFile) else "network.topology"
     coordinator, nodes = topology.place(
-        graph, m, coordinator=net.coordinator, learners=net.placement
+        graph, m, coordinator=net.coordinator, learners=net.placement,
+        coordinator_key="network.coordinator", learners_key="network.placement",
+        graph_key=where,
     )
     return graph, coordinator, nodes
 
@@ -119,7 +129,8 @@ def loss_for(source: BatchSource) -> str:
     return "mse" if source.task == "regression" else "cross_entropy"
 
 
-def pretrain(scenario: Scenario, model, source, device: torch.device, seed: int):
+def pretrain(scenario: Scenario, model, source, device: torch.device, seed: int,
+             init: str = "reset"):
     """The model every learner starts from after centralized SGD on the whole training set.
 
     This is the public pretrained network of transfer learning (seed 002): it happens
@@ -130,7 +141,7 @@ def pretrain(scenario: Scenario, model, source, device: torch.device, seed: int)
     central = LearnerBank(model, 1, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
                           weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps,
                           reduction=opt.reduction, device=device, seed=seed,
-                          loss=loss_for(source))
+                          loss=loss_for(source), init=init)
     everything = np.arange(len(data.y_train))
     stream = SampleStream([everything], scenario.data.batch_size, seed=seed, device=device)
     for step in range(scenario.model.pretrain_steps):
@@ -141,17 +152,86 @@ def pretrain(scenario: Scenario, model, source, device: torch.device, seed: int)
 
 def partition_labels(dataset: Dataset) -> np.ndarray:
     """What partitioning reads: class labels, or one dummy class for regression targets
-    (the schema only allows the label-free schemes iid and shared for those)."""
+    (only the label-free schemes iid, shared, by_size and natural take those)."""
     if dataset.task == "regression":
         return np.zeros(len(dataset.y_train), dtype=np.int64)
     return dataset.y_train.cpu().numpy()
 
 
-def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device):
-    """The batch source: a fixed dataset through index streams, or a drifting stream."""
+_DATA_KEY = {"npz": "data.path", "python": "data.factory", "leaf": "data.root"}
+_PARTITION_KEYS = {"m": "learners.count", "alpha": "data.alpha", "groups": "data.groups",
+                   "shards": "data.shards", "size_exponent": "data.size_exponent",
+                   "min_size": "learners.count"}
+
+
+def load_data(scenario: Scenario, seed: int, dataset: Any = None) -> Dataset:
+    """The scenario's fixed dataset, or ``dataset`` (anything ``as_dataset`` takes) in its
+    place; a file or factory error names the key that chose it."""
+    data = scenario.data
+    if dataset is not None:
+        if data.dataset in DRIFTING:
+            raise ScenarioError(f"dataset: a dataset object replaces a fixed dataset, but "
+                                f"data.dataset is the drifting stream {data.dataset!r}")
+        try:
+            return as_dataset(dataset, test_fraction=data.test_fraction, seed=seed)
+        except DataError as exc:
+            raise ScenarioError(f"dataset: {exc}") from None
+    extra: dict[str, Any] = dict(data.params)
+    if data.dataset == "npz":
+        extra["path"] = data.path
+    elif data.dataset == "python":
+        extra = {"factory": data.factory, "params": dict(data.params)}
+    try:
+        return load_dataset(data.dataset, seed=seed, test_fraction=data.test_fraction,
+                            root=data.root, **extra)
+    except DataError as exc:
+        key = _DATA_KEY.get(data.dataset)
+        if key is None:  # built-in datasets name their own parameter
+            raise
+        raise ScenarioError(f"{key}: {exc}") from None
+
+
+def partition_for(scenario: Scenario, dataset: Dataset, seed: int) -> list[np.ndarray]:
+    """Each learner's training indices under the scenario's partition scheme; errors name
+    the scenario key (``learners.count``, ``data.partition``, ``data.shards``, ...)."""
+    data, m = scenario.data, scenario.learners.count
+    if dataset.task == "regression" and data.partition in LABEL_SCHEMES:
+        raise ScenarioError(f"data.partition: {data.partition!r} splits by class label; the "
+                            "dataset's targets are real vectors (regression): use iid, shared, "
+                            "by_size or natural")
+    if data.partition == "natural":
+        if dataset.users_train is None:
+            raise ScenarioError(
+                "data.partition: natural splits by the data's own users, and this dataset "
+                "has none (LEAF data have them; give an npz file a 'users' array, a dict a "
+                "'users' key, one user id per sample)")
+        users = len(np.unique(dataset.users_train))
+        if users < m:
+            raise ScenarioError(f"learners.count: {m} learners but the dataset has only "
+                                f"{users} users; partition natural gives each learner whole "
+                                f"users, so use at most {users} learners")
+    try:
+        return partition(
+            partition_labels(dataset), m, data.partition, seed=seed, alpha=data.alpha,
+            groups=data.groups, shards=data.shards, size_exponent=data.size_exponent,
+            users=dataset.users_train,
+        )
+    except DataError as exc:
+        field, _, rest = str(exc).partition(": ")
+        if field in _PARTITION_KEYS:
+            raise ScenarioError(f"{_PARTITION_KEYS[field]}: {rest}") from None
+        raise
+
+
+def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device,
+                 dataset: Any = None):
+    """The batch source: a fixed dataset through index streams, or a drifting stream.
+
+    ``dataset`` (a netfl Dataset, or anything ``netfl.data.as_dataset`` takes) replaces
+    loading ``data.dataset``; the scenario's partition, batch size and augment still apply."""
     data, m = scenario.data, scenario.learners.count
     evaluation = scenario.eval
-    if data.dataset in DRIFTING:
+    if data.dataset in DRIFTING and dataset is None:
         drift = data.drift
         schedule = DriftSchedule(
             drift.mode, rounds=[r - 1 for r in drift.rounds], p=drift.p, seed=seed["drift"],
@@ -161,38 +241,29 @@ def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device)
         if data.dataset == "digits_permuted":
             digits = load_dataset("digits", seed=seed["data"], test_fraction=data.test_fraction)
             params.setdefault("dataset", digits)
-            params.setdefault("parts", partition(
-                digits.y_train.numpy(), m, data.partition, seed=seed["data"], alpha=data.alpha,
-                groups=data.groups))
+            params.setdefault("parts", partition_for(scenario, digits, seed["data"]))
             params.setdefault("eval_on", evaluation.on)
             params.setdefault("max_eval", evaluation.max_samples)
         return make_source(data.dataset, m=m, batch_size=data.batch_size, seed=seed["stream"],
                            device=device, schedule=schedule, **params)
-    dataset = load_dataset(
-        data.dataset, seed=seed["data"], test_fraction=data.test_fraction, root=data.root,
-        **data.params,
-    ).to(device)
-    parts = partition(
-        partition_labels(dataset), m, data.partition, seed=seed["data"], alpha=data.alpha,
-        groups=data.groups,
-    )
+    dataset = load_data(scenario, seed["data"], dataset).to(device)
+    parts = partition_for(scenario, dataset, seed["data"])
     stream = SampleStream(parts, data.batch_size, seed=seed["stream"], device=device)
     return DatasetSource(dataset, stream, eval_on=evaluation.on, max_eval=evaluation.max_samples,
                          shift=data.augment.shift, noise=data.augment.noise,
                          seed=seed["stream"])
 
 
-ProbeSink = Callable[[str, list[str], list[dict[str, Any]]], None]
-
-
 def build_probes(
     scenario: Scenario, seed: dict[str, int], simulation: Simulation, source: BatchSource,
-    sink: ProbeSink | None,
-) -> list[Callable[[Simulation, int], None]]:
-    """The scenario's probes as observers of ``simulation``, writing rows through ``sink``.
+    model: torch.nn.Module | None = None,
+) -> list[Observer]:
+    """The scenario's probes as observers of ``simulation``; they report their rows to its
+    other observers (``Observer.on_probe``).
 
     Probes read the bank and keep their own generators; the parameter probe gets a factory
-    of replicas (this scenario without probes, with replica r's stream seed).
+    of replicas (this scenario without probes, with replica r's stream seed; ``model`` is
+    the researcher's module the replicas start from, as the run did).
     """
     config = scenario.probes
     if config.representation is None and config.parameters is None:
@@ -202,8 +273,7 @@ def build_probes(
     if not protocol_cls.needs(scenario.protocol, m).local_models:
         raise ScenarioError(f"probes: the {scenario.protocol.name} protocol trains one model at "
                             "the coordinator; probes need one model per learner")
-    sink = sink if sink is not None else (lambda table, columns, rows: None)
-    probes: list[Callable[[Simulation, int], None]] = []
+    probes: list[Observer] = []
 
     rep = config.representation
     if rep is not None:
@@ -216,17 +286,16 @@ def build_probes(
             raise ScenarioError(
                 f"probes.representation: needs a fixed dataset with per-learner partitions, "
                 f"got the drifting stream {scenario.data.dataset!r}")
-        data = scenario.data
-        parts = partition(
-            source.dataset.y_train.cpu().numpy(), m, data.partition, seed=seed["data"],
-            alpha=data.alpha, groups=data.groups,
-        )
+        if source.task == "regression":
+            raise ScenarioError("probes.representation: records I(Y;Z) with class labels and "
+                                "accuracy; this dataset's targets are real vectors (regression)")
+        parts = partition_for(scenario, source.dataset, seed["data"])
         if [len(p) for p in parts] != source.stream.sizes:  # build_source's own partition
             raise RuntimeError("probes.representation: partition differs from the run's")
         x, y = local_samples(parts, source.dataset.x_train, source.dataset.y_train,
                              rep.samples, seed=[scenario.seed, rep.seed])
         probes.append(RepresentationProbe(x, y, every=rep.every, estimator=rep.estimator,
-                                          seed=rep.seed, sink=sink))
+                                          seed=rep.seed))
 
     par = config.parameters
     if par is not None:
@@ -236,13 +305,15 @@ def build_probes(
 
         def make_replica(r: int) -> Simulation:
             stream = replica_seed(seed["stream"], r)
-            return build(bare, seed_overrides={"stream": stream}).simulation
+            given = source.dataset if isinstance(source, DatasetSource) else None
+            return build(bare, seed_overrides={"stream": stream}, dataset=given,
+                         model=model).simulation
 
         projection = Projection(simulation.bank.num_params, par.dims, par.projection,
                                 seed=par.seed, device=simulation.bank.device)
         probes.append(ParameterProbe(
             replicas=par.replicas, every=par.every, estimators=par.estimators, k=par.k,
-            projection=projection, seed=par.seed, make_replica=make_replica, sink=sink,
+            projection=projection, seed=par.seed, make_replica=make_replica,
         ))
     return probes
 
@@ -253,21 +324,23 @@ class Built:
     source: BatchSource
     graph: nx.Graph
     device: torch.device
-    probes: list[Callable[[Simulation, int], None]] = field(default_factory=list)
+    probes: list[Observer] = field(default_factory=list)
 
 
 def build(
     scenario: Scenario,
     *,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
-    on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
-    on_probe: ProbeSink | None = None,
-    on_message: Callable[[dict[str, Any]], None] | None = None,
+    observers: Iterable[Observer] = (),
     seed_overrides: dict[str, int] | None = None,
+    dataset: Dataset | Any = None,
+    model: torch.nn.Module | None = None,
 ) -> Built:
-    """Wire a Simulation; ``on_probe(table, columns, rows)`` receives the probes' rows and
-    ``seed_overrides`` replaces per-component seeds (the parameter probe's replicas)."""
+    """Wire a Simulation watched by ``observers`` (then the scenario's probes, which are
+    observers too; ``netfl.observers``); ``seed_overrides`` replaces per-component seeds (the
+    parameter probe's replicas); ``dataset`` (a netfl Dataset, or anything
+    ``netfl.data.as_dataset`` takes) replaces loading ``data.dataset``; ``model`` (any
+    ``torch.nn.Module`` that ``netfl.learning.custom.check_model`` accepts; not modified)
+    replaces the scenario's model kind, and every learner starts from its weights."""
     seed = seeds(scenario.seed)
     seed.update(seed_overrides or {})
     device = resolve_device(scenario.device)
@@ -275,30 +348,56 @@ def build(
     protocol_cls = PROTOCOLS[scenario.protocol.name]
     needs = protocol_cls.needs(scenario.protocol, m)
 
-    source = build_source(scenario, seed, device)
+    memory.check_data(scenario, device)  # before a synthetic set is generated
+    source = build_source(scenario, seed, device, dataset)
 
     spec = scenario.model
-    model = build_model(
-        spec.kind, source.input_shape, source.num_classes, hidden=spec.hidden,
-        activation=spec.activation,
-    )
+    memory.check_bank(scenario, source.input_shape, source.num_classes, needs.bank_size,
+                      memory.source_bytes(source), device)  # before anything is allocated
+    if model is None and spec.kind != "python":  # a built-in kind, initialised by the bank
+        model = build_model(
+            spec.kind, source.input_shape, source.num_classes, hidden=spec.hidden,
+            activation=spec.activation,
+        )
+        init, trainable = "reset", last_layer(model) if spec.train == "last" else None
+    else:  # the researcher's own module, checked on entry; its weights are the start
+        try:
+            model, trainable = custom_model(
+                model, spec.factory, spec.params, spec.train, source, seed["init"],
+                features=scenario.probes.representation is not None)
+        except ModelError as exc:
+            raise ScenarioError(str(exc)) from exc
+        init = "given"
     opt = scenario.optimizer
     bank = LearnerBank(
         model, needs.bank_size, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
         weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps, reduction=opt.reduction,
         device=device, seed=seed["init"], init_noise=scenario.learners.init_noise,
-        trainable=last_layer(model) if spec.train == "last" else None, loss=loss_for(source),
+        trainable=trainable, loss=loss_for(source), init=init,
+        input_shape=None if init == "reset" else source.input_shape,  # built-ins know theirs
     )
     if spec.pretrain_steps:
-        bank.assign(bank.all_idx, pretrain(scenario, model, source, device, seed["init"]))
+        bank.assign(bank.all_idx, pretrain(scenario, model, source, device, seed["init"], init))
 
     times = step_times(scenario.learners.compute_time, m, np.random.default_rng(seed["compute"]))
+    devices = load_devices(scenario, seed["devices"])
+    if devices is not None:
+        times = 1.0 / devices.steps_per_s
     tick = scenario.learners.tick or float(times.min())
+    if not tick >= 1e-9:
+        raise ScenarioError(f"learners.tick: the fastest learner's step takes {tick:.3g} s, "
+                            "below the 1 ns clock resolution; set learners.tick (or a larger "
+                            "compute_time)")
     durations = to_ticks(times, tick)
+    if int(durations.max()) > 2**53:
+        raise ScenarioError(f"learners.tick: {tick:.3g} s makes the slowest step "
+                            f"{int(durations.max())} ticks; set a larger learners.tick")
     if needs.one_machine:  # one machine does every learner's step in turn
         durations = np.array([int(durations.sum())])
 
     graph, coordinator, nodes = build_graph(scenario, m, seed["network"])
+    if devices is not None:
+        device_links(graph, coordinator, nodes, devices)
     env = simpy.Environment()
     placement: dict[Any, Any] = {COORDINATOR: coordinator, **dict(enumerate(nodes))}
     net = scenario.network
@@ -306,10 +405,10 @@ def build(
     network = Network(
         env, graph, placement, rng=np.random.default_rng(loss_seed), model=net.model,
         retransmit_timeout=net.retransmit_timeout, tcp_window=net.tcp_window,
-        sharing=net.sharing, give_up=net.give_up, on_message=on_message,
+        sharing=net.sharing, give_up=net.give_up,
     )
     failures = build_failures(scenario, env, network, np.random.default_rng(failure_seed),
-                              on_event)
+                              None)
 
     def make_protocol(sim: Simulation):
         return protocol_cls(sim, scenario.protocol, seed=seed["protocol"])
@@ -324,17 +423,74 @@ def build(
         env=env, network=network, bank=bank, source=source,
         protocol_factory=make_protocol, tick=tick, durations=durations,
         horizon_rounds=scenario.horizon.rounds, horizon_time=scenario.horizon.sim_time,
-        eval_every=evaluation.every,
-        eval_local=evaluation.local and needs.local_models, on_round=on_round,
-        on_learners=on_learners,
-        on_event=on_event, uplink=uplink, downlink=downlink,
+        eval_every=evaluation.every, divergence_every=evaluation.divergence_every,
+        eval_local=evaluation.local and needs.local_models, observers=observers,
+        uplink=uplink, downlink=downlink,
         batches_per_step=needs.batches_per_step,
     )
     if failures is not None:
         failures.quiet = simulation.quiet
-    probes = build_probes(scenario, seed, simulation, source, on_probe)
+        failures.on_event = simulation.observers.event  # events.csv rows
+    availability = build_availability(scenario, env, simulation, seed["availability"])
+    if availability is not None:
+        availability.quiet = simulation.quiet
+        simulation.track_availability = True
+        availability.start()
+    probes = build_probes(scenario, seed, simulation, source,
+                          model=model if init == "given" else None)
     simulation.observers.extend(probes)
     return Built(simulation, source, graph, device, probes)
+
+
+def load_devices(scenario: Scenario, seed: int) -> devices_mod.Devices | None:
+    """Per-learner device speeds and bandwidths from learners.devices, or None."""
+    config = scenario.learners.devices
+    if config is None:
+        return None
+    try:
+        _, table = devices_mod.read_devices(config.file)
+    except devices_mod.DeviceTraceError as exc:
+        raise ScenarioError(f"learners.devices.file: {exc}") from None
+    return devices_mod.assign(table, scenario.learners.count, config.assign,
+                              np.random.default_rng(seed))
+
+
+def device_links(graph: nx.Graph, coordinator: Any, nodes: list[Any],
+                 devices: devices_mod.Devices) -> None:
+    try:
+        devices_mod.apply_links(graph, coordinator, nodes, devices)
+    except devices_mod.DeviceTraceError as exc:
+        raise ScenarioError(f"learners.devices: {exc}") from None
+
+
+def build_availability(scenario: Scenario, env: simpy.Environment, simulation: Simulation,
+                       seed: int) -> availability_mod.Availability | None:
+    """The learners' online/offline process (learners.availability), or None: always on."""
+    config = scenario.learners.availability
+    m = scenario.learners.count
+    rng = np.random.default_rng(seed)
+    if config.kind == "always" or (config.kind == "markov" and not config.offline_fraction
+                                   and config.mean_online is None):
+        return None
+    if simulation.m != m:
+        raise ScenarioError(f"learners.availability: the {scenario.protocol.name} protocol "
+                            "trains one central model on every learner's data; availability "
+                            "applies to protocols whose learners train")
+    if config.kind == "markov":
+        initial, next_change = availability_mod.markov(config.online_mean(),
+                                                       config.mean_offline, m, rng)
+    elif config.kind == "schedule":
+        entries = [w.model_dump(by_alias=True) for w in config.offline]
+        initial, next_change = availability_mod.windows(entries, m)
+    else:
+        try:
+            trace = availability_mod.read_trace(config.file)
+        except availability_mod.TraceError as exc:
+            raise ScenarioError(f"learners.availability.file: {exc}") from None
+        intervals = availability_mod.trace_intervals(trace, m, wrap=config.wrap,
+                                                     assign=config.assign, rng=rng)
+        initial, next_change = availability_mod.from_intervals(intervals)
+    return availability_mod.Availability(env, m, initial, next_change, simulation.set_online)
 
 
 def check_network(scenario: Scenario) -> None:

@@ -7,14 +7,30 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
+from types import ModuleType
 
 import yaml
 
-from netfl import scenario as scenario_mod
-
 EXIT_USER_ERROR = 2
+
+
+def _lazy(name: str) -> ModuleType:
+    """``name`` imported on first attribute access (importlib's LazyLoader), so that a
+    Ctrl-C while torch and pydantic load falls inside ``main``'s handler, not before it."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+scenario_mod = _lazy("netfl.scenario")
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -30,41 +46,63 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from netfl.build import check_network
+    from netfl.validation import check
 
     scenario = scenario_mod.load(args.file, args.set)
-    check_network(scenario)
+    check(scenario)  # every build-time check `netfl run` makes, nothing trained
     print(yaml.safe_dump(scenario.resolved(), sort_keys=False), end="")
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from netfl.run import run
+    """Exit 0 completed, 3 diverged, 130/143 interrupted by SIGINT/SIGTERM (128 + signal)."""
+    import signal
+
+    from netfl.api import simulate_into
 
     scenario = scenario_mod.load(args.file, args.set)
-    summary = run(scenario, args.out, progress=not args.quiet)
+    summary = simulate_into(scenario, args.out, progress=not args.quiet).summary
     print(json.dumps(summary, indent=2))
-    return {"completed": 0, "diverged": 3}.get(summary["status"], 130)
+    if summary["status"] == "interrupted":
+        return 128 + signal.Signals[summary.get("interrupted_by", "SIGINT")].value
+    return {"completed": 0, "diverged": 3}.get(summary["status"], 1)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    """Exit 0 when every run completed, 2 for a bad sweep (nothing run), 1 when a run
+    failed, 3 when one diverged, 130/143 when SIGINT/SIGTERM stopped the sweep."""
+    import os
     import time
+    from pathlib import Path
 
     from netfl import sweep
-    from netfl.results import prepare_run_dir
+    from netfl.sweep_exec import previous, run_sweep
 
+    if args.engine != "ray" and (args.address is not None or args.gpus_per_run):
+        raise scenario_mod.ScenarioError("--address and --gpus-per-run need --engine ray")
+    if args.engine == "ray" and args.workers is not None:
+        raise scenario_mod.ScenarioError("--workers is for --engine local; Ray gives each run "
+                                         "one CPU (and --gpus-per-run GPUs)")
     scenarios = sweep.load(args.file, args.set)
     if args.dry_run:
         for s in scenarios:
-            print(f"{s.name}: {s.protocol.name} {sweep.setting(s)}")
+            state = "" if args.out is None else \
+                {"new": "", "done": "  (done)", "retry": "  (rerun)"}[
+                    previous(Path(args.out) / s.name, sweep.digest(s))[0]]
+            print(f"{s.name}: {s.protocol.name} {sweep.setting(s)}{state}")
         return 0
-    out = prepare_run_dir(args.out or f"runs/sweeps/{scenarios[0].name.split('-')[0]}-"
-                          f"{time.strftime('%Y%m%d-%H%M%S')}", "sweep")
-    rows = sweep.run_sweep(scenarios, out, progress=not args.quiet)
+    out = args.out or f"runs/sweeps/{scenarios.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    rows = run_sweep(scenarios, out, progress=not args.quiet,
+                     workers=args.workers or os.cpu_count() or 1, engine=args.engine,
+                     address=args.address, gpus_per_run=args.gpus_per_run)
     print(sweep.format_table(rows))
-    print(f"table: {out / 'sweep.csv'}")
+    print(f"table: {Path(out) / 'sweep.csv'}")
     statuses = {r["status"] for r in rows}
-    return 0 if statuses == {"completed"} else 130 if "interrupted" in statuses else 3
+    if statuses - {"completed", "diverged"}:
+        print(f"resume: netfl sweep {args.file} --out {out}", file=sys.stderr)
+    if rows.interrupted:
+        return 143 if rows.terminated else 130
+    return 1 if "failed" in statuses else 3 if "diverged" in statuses else 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -82,6 +120,22 @@ def _cmd_topo(args: argparse.Namespace) -> int:
     print(text)
     print(f"figure: {figure}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -109,7 +163,17 @@ def parser() -> argparse.ArgumentParser:
     scenario_args(p_sweep)
     p_sweep.add_argument("--out", help="directory for the runs and sweep.csv")
     p_sweep.add_argument("--quiet", action="store_true", help="no progress bars")
-    p_sweep.add_argument("--dry-run", action="store_true", help="list the runs and stop")
+    p_sweep.add_argument("--dry-run", action="store_true",
+                         help="validate, list the runs (and, with --out, which are done) and stop")
+    p_sweep.add_argument("--workers", type=_positive_int, metavar="N",
+                         help="runs at a time, each in its own process with one torch thread "
+                         "(default: the machine's cores; 1: one after another in this process)")
+    p_sweep.add_argument("--engine", choices=["local", "ray"], default="local",
+                         help="ray: run the runs as Ray tasks (pip install 'ray>=2.9')")
+    p_sweep.add_argument("--address", metavar="ADDR",
+                         help="Ray cluster to join (default: start a local Ray instance)")
+    p_sweep.add_argument("--gpus-per-run", type=_fraction, default=0.0, metavar="F",
+                         help="GPUs Ray reserves for each run, e.g. 0.25: four runs per GPU")
     p_sweep.set_defaults(func=_cmd_sweep)
 
     p_plot = sub.add_parser("plot", help="PNG figures from one or more run directories")
@@ -128,7 +192,38 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM (what Slurm and Kubernetes send) stops the command as Ctrl-C does."""
+    from netfl.api import Interrupted
+
+    raise Interrupted(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success, 2 for an error the user can fix (one line, no traceback),
+    1 for a run that failed, 128 + signal when SIGINT/SIGTERM stopped it."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    try:
+        import netfl.api  # noqa: F401  (imported now, so the handler below never imports)
+
+        return _main(argv)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM before or after the run itself
+        signum = getattr(exc, "signum", signal.SIGINT)
+        try:
+            print(f"error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        except KeyboardInterrupt:
+            pass
+        return 128 + signum
+    finally:
+        if previous is not None:  # None: not set from Python, nothing to restore
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -243,10 +243,20 @@ def plot_runs(run_dirs: list[str], out: str | None = None) -> list[Path]:
     empty = [str(r["dir"]) for r in runs if not r["rows"]]
     if empty:
         raise PlotError(f"{empty[0]}: metrics.csv has no rows yet")
-    written = [plot_curves(run, run["dir"] / "curves.png") for run in runs]
     target = Path(out) if out else runs[0]["dir"].parent
-    target.mkdir(parents=True, exist_ok=True)
-    names = labels(runs)
-    written.append(plot_tradeoff(runs, target / "tradeoff.png", names))
-    written.append(plot_time_accuracy(runs, target / "time_accuracy.png", names))
+    if target.exists() and not target.is_dir():
+        raise PlotError(f"--out {target}: is a file; give a directory for the figures")
+    try:  # checked before any figure is drawn, so a bad --out writes nothing
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PlotError(f"--out {target}: cannot create the directory ({exc.strerror})") \
+            from None
+    try:
+        written = [plot_curves(run, run["dir"] / "curves.png") for run in runs]
+        names = labels(runs)
+        written.append(plot_tradeoff(runs, target / "tradeoff.png", names))
+        written.append(plot_time_accuracy(runs, target / "time_accuracy.png", names))
+    except OSError as exc:
+        raise PlotError(f"{exc.filename or target}: cannot write the figure "
+                        f"({exc.strerror or exc})") from None
     return written

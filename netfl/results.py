@@ -16,6 +16,8 @@ from typing import IO, Any
 
 import yaml
 
+from netfl.observers import Observer
+
 BASE_COLUMNS = [
     "round", "sim_time_s", "loss", "samples", "cumulative_loss", "bytes_up", "bytes_down",
     "bytes_peer", "bytes_total", "messages", "retransmissions", "messages_lost", "messages_late",
@@ -33,71 +35,216 @@ SUMMARY_KEYS = [
 
 
 class OutputError(ValueError):
-    """A run directory that cannot be used without destroying earlier results."""
+    """A run directory that cannot be used without destroying earlier results, or that
+    cannot be written (read-only, disk full): the message names the file."""
+
+
+LOCK = ".netfl-run.lock"  # held by the run writing a directory; removed when it ends
+
+
+class RunDir:
+    """A run directory claimed by this process: a lock file created with O_EXCL, so of two
+    runs started on the same directory at the same moment exactly one gets it."""
+
+    def __init__(self, path: Path, created: bool) -> None:
+        self.path = path
+        self.created = created  # this process made the directory (abandon removes it)
+
+    def release(self) -> None:
+        """The run is over (its files are written): let the directory go."""
+        try:
+            (self.path / LOCK).unlink()
+        except OSError:
+            pass
+
+    def abandon(self) -> None:
+        """Nothing was written: leave the directory as it was before the claim."""
+        self.release()
+        if self.created:
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+
+def _cannot(path: Path, exc: OSError, what: str = "cannot write") -> OutputError:
+    return OutputError(f"{path}: {what} ({exc.strerror or exc})")
+
+
+def _lock(path: Path, created: bool) -> RunDir:
+    try:
+        fd = os.open(path / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise OutputError(f"{path}: in use by another run (remove {path / LOCK} if no run is "
+                          "writing there); choose another --out") from None
+    except OSError as exc:
+        raise _cannot(path, exc, "cannot create run directory") from None
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    claimed = RunDir(path, created)
+    if any(p.name != LOCK for p in path.iterdir()):
+        claimed.release()
+        raise OutputError(f"{path}: already exists and is not empty; choose another --out")
+    return claimed
+
+
+def claim_run_dir(out: str | Path | None, name: str, base: str = "runs") -> RunDir:
+    """A fresh directory for one run, claimed atomically; never one that holds results."""
+    if out is not None:
+        path = Path(out)
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{path}: already exists and is not a directory; choose "
+                              "another --out")
+        created = False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.mkdir()
+            created = True
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise _cannot(path, exc, "cannot create run directory") from None
+        return _lock(path, created)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    parent = Path(base) / name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cannot(parent, exc, "cannot create run directory") from None
+    for suffix in range(1, 10_000):
+        path = parent / (stamp if suffix == 1 else f"{stamp}-{suffix}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _cannot(path, exc, "cannot create run directory") from None
+        return _lock(path, True)
+    raise OutputError(f"{parent}: no free run directory name for {stamp}")
 
 
 def prepare_run_dir(out: str | None, name: str, base: str = "runs") -> Path:
-    """A fresh directory for one run; never reuses a directory that holds results."""
-    if out is not None:
-        path = Path(out)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise OutputError(f"{path}: already exists and is not empty; choose another --out")
-    else:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = Path(base) / name / stamp
-        suffix = 1
-        while path.exists():
-            suffix += 1
-            path = Path(base) / name / f"{stamp}-{suffix}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create run directory ({exc.strerror})") from None
-    return path
+    """A fresh, empty directory (claimed, then let go): for a sweep's own directory."""
+    claimed = claim_run_dir(out, name, base)
+    claimed.release()
+    return claimed.path
+
+
+def _open(path: Path) -> IO[str]:
+    return path.open("w", newline="")
 
 
 class _Table:
-    """A CSV file that is flushed after every row."""
+    """A CSV file that is flushed after every write; a failed write names the file."""
 
     def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path = path
         self.columns = list(columns)
-        self.handle: IO[str] = path.open("w", newline="")
-        self.writer = csv.DictWriter(self.handle, self.columns, extrasaction="ignore")
-        self.writer.writeheader()
+        try:
+            self.handle: IO[str] = _open(path)
+            self.writer = csv.DictWriter(self.handle, self.columns, extrasaction="ignore")
+            self.writer.writeheader()
+            self.handle.flush()
+        except OSError as exc:
+            raise _cannot(path, exc) from None
 
     def write(self, rows: list[dict[str, Any]]) -> None:
-        self.writer.writerows(rows)
-        self.handle.flush()
+        try:
+            self.writer.writerows(rows)
+            self.handle.flush()
+        except OSError as exc:
+            raise _cannot(self.path, exc) from None
 
     def close(self) -> None:
-        self.handle.close()
+        try:
+            self.handle.close()
+        except OSError as exc:
+            raise _cannot(self.path, exc) from None
 
 
-class Recorder:
-    """Appends metrics rows to a run directory as the run produces them."""
+def metrics_columns(sim) -> list[str]:
+    """metrics.csv's columns for a simulation: base, evaluation, protocol counters, bytes."""
+    extra = [*sim.protocol.counters, *(f"bytes_{k}" for k in sim.protocol.message_kinds)]
+    return [*BASE_COLUMNS, *sim.eval_columns, *extra, *sim.extra_columns]
 
-    def __init__(self, run_dir: Path, scenario: dict[str, Any], extra_columns: list[str] = (),
-                 eval_columns: list[str] = ("acc_mean_model", "acc_local_mean")):
-        self.run_dir = run_dir
-        (run_dir / "scenario.yaml").write_text(yaml.safe_dump(scenario, sort_keys=False))
-        columns = [*BASE_COLUMNS, *eval_columns, *extra_columns]
-        self.rounds = _Table(run_dir / "metrics.csv", columns)
+
+class Recorder(Observer):
+    """Writes a run directory as the run goes: scenario.yaml at the start, metrics rows as
+    they come (flushed), other tables on first use, links.csv and summary.json at the end.
+
+    A write that fails (read-only, disk full) raises one OutputError naming the file; the
+    recorder then writes nothing more except, at the end, the summary if it still can.
+    """
+
+    def __init__(self, run_dir: RunDir | Path, scenario: dict[str, Any], *,
+                 per_learner: bool = False, messages: bool = False) -> None:
+        self.claim = run_dir if isinstance(run_dir, RunDir) else None
+        self.run_dir = Path(run_dir)
+        self.scenario = scenario
+        self.per_learner, self.messages = per_learner, messages
+        self.rounds: _Table | None = None
         self._tables: dict[str, _Table] = {}
         self._buffers: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}
-        self._accuracy: list[tuple[float, float]] = []  # (sim time, acc_mean_model)
+        self.failed: OutputError | None = None
 
-    def round(self, row: dict[str, Any]) -> None:
+    def listens(self, event: str) -> bool:
+        if event == "on_learners":
+            return self.per_learner
+        if event == "on_message":
+            return self.messages
+        return super().listens(event)
+
+    def _guard(self, write, *args) -> None:
+        if self.failed is not None:
+            return
+        try:
+            write(*args)
+        except OutputError as exc:
+            self.failed = exc
+            raise
+
+    # ---------------------------------------------------------------- observer
+
+    def on_start(self, sim) -> None:
+        self._guard(self._start, metrics_columns(sim))
+
+    def _start(self, columns: list[str]) -> None:
+        path = self.run_dir / "scenario.yaml"
+        try:
+            path.write_text(yaml.safe_dump(self.scenario, sort_keys=False))
+        except OSError as exc:
+            raise _cannot(path, exc) from None
+        self.rounds = _Table(self.run_dir / "metrics.csv", columns)
+
+    def on_round(self, sim, row: dict[str, Any]) -> None:
+        self._guard(self._round, row)
+
+    def _round(self, row: dict[str, Any]) -> None:
         self.rounds.write([row])
-        if row.get("acc_mean_model") is not None:
-            self._accuracy.append((row["sim_time_s"], row["acc_mean_model"]))
         for table in list(self._buffers):  # a round's messages are on disk with its row
             self._flush_buffer(table)
 
-    def first_reaching(self, target: float | None) -> float | None:
-        """Simulated time of the first evaluation whose mean-model accuracy reached target."""
-        if target is None:
-            return None
-        return next((t for t, acc in self._accuracy if acc >= target), None)
+    def on_learners(self, sim, rows: list[dict[str, Any]]) -> None:
+        self._guard(self.rows, "learners", LEARNER_COLUMNS, rows)
+
+    def on_event(self, sim, row: dict[str, Any]) -> None:
+        self._guard(self.rows, "events", EVENT_COLUMNS, [row])
+
+    def on_probe(self, sim, table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
+        self._guard(self.rows, table, columns, rows)
+
+    def on_message(self, sim, row: dict[str, Any]) -> None:
+        from netfl.sim.network import MESSAGE_COLUMNS
+
+        self._guard(self.buffered, "messages", MESSAGE_COLUMNS, row)
+
+    def on_end(self, sim, summary: dict[str, Any]) -> None:
+        self.close(summary, links=sim.network.link_stats())
+
+    # ----------------------------------------------------------------- tables
 
     def buffered(self, table: str, columns: list[str], row: dict[str, Any]) -> None:
         """A row of a high-volume table, written in blocks (and with every metrics row)."""
@@ -119,18 +266,42 @@ class Recorder:
         self._tables[table].write(rows)
 
     def close(self, summary: dict[str, Any], links: list[dict[str, Any]] | None = None):
-        """Write what is buffered, links.csv (one row per link direction) and the summary."""
-        for table in list(self._buffers):
-            self._flush_buffer(table)
-        if links:
-            with (self.run_dir / "links.csv").open("w", newline="") as handle:
+        """Write what is buffered, links.csv (one row per link direction) and the summary;
+        after a failed write only the summary is tried. Raises OutputError when the
+        summary cannot be written."""
+        if self.failed is None:
+            try:
+                for table in list(self._buffers):
+                    self._flush_buffer(table)
+                if links:
+                    self._links(links)
+            except OutputError as exc:
+                self.failed = exc
+        for table in [self.rounds, *self._tables.values()]:
+            try:
+                if table is not None:
+                    table.close()
+            except OutputError as exc:
+                self.failed = self.failed or exc
+        if self.failed is not None and "error" not in summary:
+            summary["status"] = "failed" if summary.get("status") == "completed" else \
+                summary.get("status")
+            summary["error"] = str(self.failed)
+        try:
+            write_summary(self.run_dir, summary)
+        finally:
+            if self.claim is not None:
+                self.claim.release()
+
+    def _links(self, links: list[dict[str, Any]]) -> None:
+        path = self.run_dir / "links.csv"
+        try:
+            with _open(path) as handle:
                 writer = csv.DictWriter(handle, list(links[0]))
                 writer.writeheader()
                 writer.writerows(links)
-        self.rounds.close()
-        for table in self._tables.values():
-            table.close()
-        write_summary(self.run_dir, summary)
+        except OSError as exc:
+            raise _cannot(path, exc) from None
 
 
 def strict_json(summary: dict[str, Any]) -> dict[str, Any]:
@@ -155,11 +326,22 @@ def strict_json(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """Atomically, as strict JSON."""
+    """Atomically (a temporary file, flushed to disk, then renamed), as strict JSON; an
+    OutputError naming summary.json when it cannot be written."""
     tmp = run_dir / "summary.json.tmp"
     text = json.dumps(strict_json(summary), indent=2, sort_keys=False, allow_nan=False)
-    tmp.write_text(text + "\n")
-    os.replace(tmp, run_dir / "summary.json")
+    try:
+        with _open(tmp) as handle:
+            handle.write(text + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, run_dir / "summary.json")
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise _cannot(run_dir / "summary.json", exc) from None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, str]]:

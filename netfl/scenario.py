@@ -9,6 +9,8 @@ has to fix.
 from __future__ import annotations
 
 import copy
+import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -18,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -55,14 +58,22 @@ class TopologyGenerator(Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+# Ranges that keep every simulated time a finite count of the engine's int64 ticks (1 ns
+# ticks for 31 years): slower links, longer delays or finer ticks are typos, not scenarios.
+LinkRate = Annotated[BitsPerSecond, Field(ge=1, description="bit/s, at least 1")]
+LinkDelay = Annotated[Seconds, Field(le=1e6, description="s, at most 1e6 (11.6 days)")]
+StepSeconds = Annotated[PositiveSeconds, Field(ge=1e-9, le=1e6)]
+MIN_TICK = 1e-9  # s
+
+
 class LinkOverride(Section):
     """One link's settings; u -> v gets ``bandwidth``, v -> u ``reverse_bandwidth`` if given."""
 
     u: Node
     v: Node
-    bandwidth: BitsPerSecond | None = None
-    reverse_bandwidth: BitsPerSecond | None = None
-    latency: Seconds | None = None
+    bandwidth: LinkRate | None = None
+    reverse_bandwidth: LinkRate | None = None
+    latency: LinkDelay | None = None
     loss: Probability | None = None
 
 
@@ -72,9 +83,9 @@ class TierSettings(Section):
     Generated trees write each link parent -> child, so ``bandwidth`` is the downlink
     (towards the learners) and ``reverse_bandwidth`` the uplink."""
 
-    bandwidth: BitsPerSecond | None = None
-    reverse_bandwidth: BitsPerSecond | None = None
-    latency: Seconds | None = None
+    bandwidth: LinkRate | None = None
+    reverse_bandwidth: LinkRate | None = None
+    latency: LinkDelay | None = None
     loss: Probability | None = None
 
 
@@ -122,10 +133,10 @@ class NetworkConfig(Section):
     model: Literal["flow", "store_and_forward"] = Field(
         default="flow", description="flow: max-min fair sharing (SimGrid CM02); "
         "store_and_forward: whole messages per hop, FIFO per link")
-    bandwidth: BitsPerSecond = 100e6
-    reverse_bandwidth: BitsPerSecond | None = Field(
+    bandwidth: LinkRate = 100e6
+    reverse_bandwidth: LinkRate | None = Field(
         default=None, description="v -> u of every link (default: bandwidth)")
-    latency: Seconds = 0.01
+    latency: LinkDelay = 0.01
     loss: Probability = 0.0
     tiers: dict[Literal["access", "core"], TierSettings] = Field(default_factory=dict)
     retransmit_timeout: PositiveSeconds = 0.2
@@ -165,9 +176,9 @@ class ComputeTime(Section):
     """Seconds per training step; a distribution draws one speed per learner (stragglers)."""
 
     dist: Literal["constant", "uniform", "lognormal", "exponential"] = "constant"
-    mean: PositiveSeconds = 0.01
+    mean: StepSeconds = 0.01
     low: Seconds | None = None
-    high: Seconds | None = None
+    high: Annotated[Seconds, Field(le=1e6)] | None = None
     sigma: float = Field(default=0.5, gt=0)
 
     @model_validator(mode="after")
@@ -180,13 +191,101 @@ class ComputeTime(Section):
         return self
 
 
+class OfflineWindow(Section):
+    """Learners offline from ``at`` for ``for`` seconds (for good without ``for``)."""
+
+    learners: list[Annotated[int, Field(ge=0)]] | Literal["all"]
+    at: Seconds
+    for_: PositiveSeconds | None = Field(default=None, alias="for")
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True,
+                              serialize_by_alias=True, allow_inf_nan=False)
+
+
+class AvailabilityConfig(Section):
+    """When learners are online (netfl.sim.availability): always, a two-state Markov chain,
+    fixed offline windows, or a trace file of online intervals."""
+
+    kind: Literal["always", "markov", "schedule", "trace"] = "always"
+    mean_online: PositiveSeconds | None = Field(
+        default=None, description="markov: mean seconds online")
+    mean_offline: PositiveSeconds | None = Field(
+        default=None, description="markov: mean seconds offline")
+    offline_fraction: float | None = Field(
+        default=None, ge=0, lt=1, description="markov: share offline at any time "
+        "(instead of mean_online)")
+    offline: list[OfflineWindow] = Field(default_factory=list, description="schedule: windows")
+    file: str | None = Field(default=None, description="trace: CSV learner,start_s,end_s"
+                             "[,period_s] of online intervals")
+    wrap: bool = Field(default=True, description="trace: repeat it with its period (FedScale)")
+    assign: Literal["id", "random"] = Field(
+        default="id", description="trace: learner i takes the i-th client, or a seeded draw")
+
+    @model_validator(mode="after")
+    def _kind_keys(self) -> AvailabilityConfig:
+        if self.kind == "markov":
+            if self.mean_offline is None:
+                raise ValueError("markov availability needs mean_offline")
+            if (self.mean_online is None) == (self.offline_fraction is None):
+                raise ValueError("markov availability needs exactly one of mean_online or "
+                                 "offline_fraction")
+        elif self.mean_online is not None or self.mean_offline is not None or \
+                self.offline_fraction is not None:
+            raise ValueError(f"mean_online, mean_offline and offline_fraction are for "
+                             f"kind: markov, not {self.kind}")
+        if self.kind == "schedule" and not self.offline:
+            raise ValueError("schedule availability needs offline: [{learners, at, for}, ...]")
+        if self.kind != "schedule" and self.offline:
+            raise ValueError(f"offline windows are for kind: schedule, not {self.kind}")
+        if self.kind == "trace" and not self.file:
+            raise ValueError("trace availability needs file: (a CSV of online intervals)")
+        if self.kind != "trace" and self.file:
+            raise ValueError(f"file is for kind: trace, not {self.kind}")
+        return self
+
+    def online_mean(self) -> float:
+        """markov: mean seconds online (from offline_fraction when that is given)."""
+        if self.mean_online is not None:
+            return self.mean_online
+        f = self.offline_fraction or 0.0
+        return math.inf if f == 0 else self.mean_offline * (1 - f) / f
+
+
+class DevicesConfig(Section):
+    """Per-learner compute speed and access-link bandwidth from a trace (CSV: learner,
+    steps_per_s, uplink_bps, downlink_bps; FedScale's capacities converted by
+    tools/convert_fedscale_trace.py), assigned to learners by seed or by id."""
+
+    file: str
+    assign: Literal["random", "id"] = "random"
+
+
 class LearnersConfig(Section):
     count: int = Field(default=4, ge=1)
     compute_time: ComputeTime = Field(default_factory=ComputeTime)
     init_noise: float = Field(default=0.0, ge=0, description="seed 004 Fig. 8 epsilon")
-    tick: PositiveSeconds | None = Field(
+    tick: Annotated[PositiveSeconds, Field(ge=MIN_TICK)] | None = Field(
         default=None, description="compute clock resolution; default: the fastest step time"
     )
+    availability: AvailabilityConfig = Field(default_factory=AvailabilityConfig)
+    devices: DevicesConfig | None = Field(
+        default=None, description="compute speed and link bandwidth per learner from a trace")
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _file_shorthand(cls, value: object) -> object:
+        return {"file": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _learners_exist(self) -> LearnersConfig:
+        for i, window in enumerate(self.availability.offline):
+            if window.learners == "all":
+                window.learners = list(range(self.count))
+            bad = [x for x in window.learners if x >= self.count]
+            if bad:
+                raise ValueError(f"availability.offline[{i}].learners: learner {bad[0]} does "
+                                 f"not exist (learners.count is {self.count})")
+        return self
 
     @field_validator("compute_time", mode="before")
     @classmethod
@@ -233,30 +332,51 @@ class Augment(Section):
 class DataConfig(Section):
     dataset: Literal[
         "digits", "gaussian_mixture", "mnist", "cifar10", "signal",
+        "npz", "python", "leaf",
         "graphical", "digits_permuted", "teacher_student",
     ] = "digits"
     root: str | None = None
+    path: str | None = Field(default=None, description="npz: the .npz file of arrays x, y "
+                             "[, x_test, y_test, users]")
+    factory: str | None = Field(default=None, description="python: 'package.module:function' "
+                                "called with params, returning the data")
     params: dict[str, Any] = Field(default_factory=dict)
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
-    partition: Literal["iid", "classes", "dirichlet", "shared"] = "iid"
+    partition: Literal[
+        "iid", "classes", "dirichlet", "shared", "shard", "by_size", "natural",
+    ] = "iid"
     alpha: float = Field(default=0.5, gt=0)
     groups: int | None = Field(default=None, ge=1)
+    shards: int = Field(default=2, ge=1, description="shard: label-sorted shards per learner")
+    size_exponent: float = Field(default=1.0, ge=0, description="by_size: learner sizes "
+                                 "proportional to rank ** -size_exponent")
     batch_size: int = Field(default=10, ge=1)
     augment: Augment = Field(default_factory=lambda: Augment())
     drift: DriftConfig = Field(default_factory=DriftConfig)
 
     @model_validator(mode="after")
     def _root_for_files(self) -> DataConfig:
-        if self.dataset in ("mnist", "cifar10") and not self.root:
+        if self.dataset in ("mnist", "cifar10", "leaf") and not self.root:
             raise ValueError(f"dataset {self.dataset} reads local files: set data.root")
+        if (self.dataset == "npz") != (self.path is not None):
+            raise ValueError("dataset npz reads one file: set data.path" if self.path is None
+                             else f"path is for dataset npz, not {self.dataset}")
+        if (self.dataset == "python") != (self.factory is not None):
+            raise ValueError("dataset python calls a function: set data.factory to "
+                             "'package.module:function'" if self.factory is None
+                             else f"factory is for dataset python, not {self.dataset}")
+        if self.partition == "natural" and self.dataset in DRIFTING:
+            raise ValueError(f"partition natural splits by the data's own users; the "
+                             f"drifting stream {self.dataset} has none")
         if (self.augment.shift or self.augment.noise) and self.dataset in DRIFTING:
             raise ValueError("augment applies to fixed image datasets, not drifting streams")
         if self.drift.mode != "none" and self.dataset not in DRIFTING:
             raise ValueError(f"drift needs a drifting dataset ({', '.join(DRIFTING)}), "
                              f"got {self.dataset}")
-        if self.dataset in REGRESSION and self.partition in ("classes", "dirichlet"):
+        if self.dataset in REGRESSION and self.partition in ("classes", "dirichlet", "shard"):
             raise ValueError(f"partition {self.partition!r} splits by class label; dataset "
-                             f"{self.dataset} is a regression task (use iid or shared)")
+                             f"{self.dataset} is a regression task (use iid, shared or "
+                             "by_size)")
         if self.dataset in REGRESSION and (self.augment.shift or self.augment.noise):
             raise ValueError(f"augment applies to image datasets; noise on {self.dataset} "
                              f"would change the scale it is asked to predict")
@@ -264,17 +384,20 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    kind: Literal["linear", "mlp", "cnn", "rnn"] = "mlp"
+    """A built-in model kind, or ``kind: python``: the module ``factory`` returns."""
+
+    kind: Literal["linear", "mlp", "cnn", "rnn", "python"] = "mlp"
     hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [64, 64])
     activation: Literal["relu", "tanh"] | None = Field(
         default=None, description="default: tanh for rnn, relu otherwise"
     )
-
-    @model_validator(mode="after")
-    def _kind_default_activation(self) -> ModelConfig:
-        if self.activation is None:  # filled in, so the resolved scenario says what ran
-            self.activation = "tanh" if self.kind == "rnn" else "relu"
-        return self
+    factory: str | None = Field(
+        default=None, description='kind python: "package.module:function", called as '
+        "function(input_shape=(...), num_classes=N, **params); returns a torch.nn.Module"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="kind python: the factory's keyword arguments"
+    )
     train: Literal["all", "last"] = Field(
         default="all", description="last: only the final layer learns (transfer learning)"
     )
@@ -282,13 +405,51 @@ class ModelConfig(Section):
         default=0, ge=0, description="centralized SGD steps on the whole training set first"
     )
 
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str | None, info: ValidationInfo) -> str | None:
+        python = info.data.get("kind") == "python"
+        if value is None and python:
+            raise ValueError('kind \'python\' needs factory: "package.module:function"')
+        if value is not None and not python:
+            raise ValueError(f"only for kind 'python', got {value!r} with kind "
+                             f"{info.data.get('kind')!r}")
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
+            raise ValueError(f'expected "package.module:function", got {value!r}')
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params_for_python(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if value and info.data.get("kind") != "python":
+            raise ValueError("only for kind 'python' (the factory's keyword arguments)")
+        clash = sorted({"input_shape", "num_classes"} & set(value))
+        if clash:
+            raise ValueError(f"{', '.join(clash)} comes from the data; remove it")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_defaults(self) -> ModelConfig:
+        if self.kind == "python":
+            # Empty or null (as the resolved scenario writes them) is no value: it reloads.
+            given = [k for k in ("hidden", "activation")
+                     if k in self.model_fields_set and getattr(self, k)]
+            if given:
+                raise ValueError(f"kind 'python' takes no {' or '.join(given)}; give the "
+                                 "factory's arguments in model.params")
+            self.hidden = []  # so the resolved scenario shows no built-in layers
+        elif self.activation is None:  # filled in, so the resolved scenario says what ran
+            self.activation = "tanh" if self.kind == "rnn" else "relu"
+        return self
+
 
 class OptimizerConfig(Section):
     name: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(default=0.1, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (
+        0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     reduction: Literal["mean", "sum"] = "mean"
 
@@ -351,7 +512,7 @@ class RepresentationProbeConfig(Section):
     every: int | Literal["sync"] = Field(
         default="sync", description="rounds between probes, or 'sync': at each synchronization"
     )
-    estimator: Estimator = "edge"
+    estimator: Estimator = "ksg"
     samples: int = Field(default=500, ge=2, description="fixed local samples per learner")
     seed: int = Field(default=0, ge=0, description="the probe's own seed (sample choice, MI)")
 
@@ -359,6 +520,13 @@ class RepresentationProbeConfig(Section):
     @classmethod
     def _every(cls, value: object) -> object:
         return _every(value, allow_sync=True)
+
+    @model_validator(mode="after")
+    def _enough_for_ksg(self) -> RepresentationProbeConfig:
+        if self.estimator == "ksg" and self.samples < 20:
+            raise ValueError(f"samples: ksg (k = 3 neighbours, within classes for I(Y;Z)) "
+                             f"needs at least 20 samples per learner, got {self.samples}")
+        return self
 
 
 class ParameterProbeConfig(Section):
@@ -400,7 +568,8 @@ class ProbesConfig(Section):
 
 class HorizonConfig(Section):
     rounds: int | None = Field(default=None, ge=1)
-    sim_time: PositiveSeconds | None = None
+    sim_time: Annotated[PositiveSeconds, Field(le=1e9)] | None = Field(
+        default=None, description="simulated seconds, at most 1e9 (31 years)")
 
     @model_validator(mode="after")
     def _one_limit(self) -> HorizonConfig:
@@ -411,6 +580,9 @@ class HorizonConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(default=10, ge=1, description="rounds between evaluations")
+    divergence_every: int = Field(
+        default=1, ge=1, description="rounds between divergence values in metrics.csv "
+        "(and the last round); other rows leave the cell empty")
     on: Literal["test", "train"] = "test"
     max_samples: int | None = Field(default=None, ge=1)
     local: bool = True
@@ -517,8 +689,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ScenarioError(f"--set {text}: expected key.path=value")
     key, raw = text.split("=", 1)
+    if not all(part.strip() for part in key.split(".")):
+        raise ScenarioError(f"--set {text}: expected key.path=value, with a key such as "
+                            "learners.count before '=' (no empty part)")
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), yaml.load(raw, Loader=LimitedLoader)  # noqa: S506  (safe, bounded)
     except yaml.YAMLError:
         return key.strip(), raw
 
@@ -551,16 +726,88 @@ def read_text(path: Path, what: str = "scenario file") -> str:
         raise ScenarioError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
-    """Read and validate a scenario file; relative topology paths resolve as given or beside it."""
-    path = Path(path)
-    text = read_text(path)
+MAX_YAML_NODES = 1_000_000  # after expanding aliases; a 100,000-learner placement is 100,001
+
+
+class AliasBombError(yaml.YAMLError):
+    """Aliases that expand past MAX_YAML_NODES nodes (a "billion laughs"), or into themselves."""
+
+
+class LimitedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document whose aliases expand past ``max_nodes``
+    nodes: PyYAML shares an aliased node, but every later walk (validation, copies, dumps)
+    expands it, so nine nested aliases of nine cost 9^9 there. The expanded size is counted
+    on the composed node graph, memoized per node, before anything is constructed."""
+
+    max_nodes = MAX_YAML_NODES
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _expanded_size(node, {}, set(), self.max_nodes)
+        return super().construct_document(node)
+
+
+# YAML 1.2 booleans: only true/false. YAML 1.1 (PyYAML's default) also reads on/off/yes/no
+# as booleans, which turns `eval: {on: test}` into the key True.
+LimitedLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+LimitedLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int], limit: int) -> int:
+    """Nodes under ``node`` with every alias expanded (stops counting past ``limit``)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise AliasBombError("an alias refers to the node that contains it (infinite expansion)")
+    open_.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [c for pair in node.value for c in pair]
+    else:
+        children = []
+    for child in children:
+        size += _expanded_size(child, sizes, open_, limit)
+        if size > limit:
+            raise AliasBombError(f"its aliases expand to more than {limit:,} nodes "
+                                 "(an alias bomb?)")
+    open_.discard(key)
+    sizes[key] = size
+    return size
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """YAML text to plain data with alias expansion bounded; errors name ``source``."""
     try:
-        data = yaml.safe_load(text)
+        return yaml.load(text, Loader=LimitedLoader)  # noqa: S506  (a SafeLoader subclass)
+    except AliasBombError as exc:
+        raise ScenarioError(f"{source}: refused: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: refused: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ScenarioError(f"{path}: not valid YAML{where}") from None
+        raise ScenarioError(f"{source}: not valid YAML{where}") from None
+
+
+def read_yaml(path: str | Path, what: str = "scenario file") -> Any:
+    """A YAML file's data (scenario, sweep, topology): one clear error naming the file when
+    it is missing, unreadable, not UTF-8, not YAML, or an alias bomb."""
+    path = Path(path)
+    return parse_yaml(read_text(path, what), str(path))
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
+    """Read and validate a scenario file; relative topology and data paths (``data.path``,
+    ``data.root``) resolve as given or beside it."""
+    path = Path(path)
+    data = read_yaml(path)
     scenario = from_dict(data, str(path), overrides)
     if isinstance(data, dict) and "name" not in data:
         scenario.name = path.stem
@@ -569,4 +816,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> Scenario:
         beside = path.parent / topo.file
         if beside.exists():
             topo.file = str(beside)
+    for key in ("path", "root"):  # data files resolve the same way
+        value = getattr(scenario.data, key)
+        if value is not None and not Path(value).expanduser().exists() \
+                and (path.parent / value).exists():
+            setattr(scenario.data, key, str(path.parent / value))
     return scenario

@@ -1,112 +1,438 @@
 """Sweeps: one base scenario, many settings, one table.
 
-A sweep file holds a `base` scenario and either a `grid` (every combination of
-the listed values, by dotted key path) or a list of `runs` (each a set of
-overrides), or both (every run crossed with the grid):
+A sweep file holds a `base` scenario (a mapping, or the path of a scenario file
+relative to the sweep file) and either a `grid` (every combination of the listed
+values, by dotted key path) or a list of `runs` (each a set of overrides), or both
+(every run crossed with the grid):
 
     name: fig2
-    base: {learners: {count: 100}, protocol: {name: periodic, b: 1}, ...}
+    base: ../quickstart.yaml
     grid:
       seed: [0, 1]
     runs:
       - {protocol: {name: periodic, b: 1}}
-      - {protocol: {name: dynamic, delta: 0.5}}
-      - {protocol: {name: nosync}}
+      - {name: adaptive, protocol: {name: dynamic, delta: 0.5}}
+      - {protocol: {name: nosync}, ~compression.uplink: null}
 
-Every run is validated before the first one starts, so a typo fails at once.
+Overrides merge into the base mapping by mapping; a section whose kind changes
+(a topology's `generator` or `file`, a protocol's or codec's `name`) is replaced
+whole, so no parameter of the old kind leaks into the new one; an empty mapping
+clears; `~key.path` deletes a key (Hydra's syntax). Each run's directory is named
+from its swept values (or its `name`) and a short hash of its resolved scenario,
+which is what lets `netfl sweep` resume. Every run is validated and build-checked
+before the first one starts, and all the failures are reported together.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
+import hashlib
 import itertools
-import sys
+import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from netfl import scenario as scenario_mod
-from netfl.scenario import Scenario, ScenarioError
+from netfl.scenario import Scenario, ScenarioError, TopologyFile
+from netfl.sweep_table import (  # noqa: F401  (re-exported: plots and tools use them here)
+    TABLE_COLUMNS,
+    columns,
+    compact,
+    format_table,
+    leaves,
+    lookup,
+    setting,
+    table_row,
+    write_table,
+)
 
-TABLE_COLUMNS = [
-    "run", "protocol", "setting", "cumulative_loss", "bytes_total", "bytes_up", "bytes_down",
-    "messages", "syncs", "final_accuracy", "final_mse", "sim_time_s", "time_to_accuracy_s",
-    "wall_time_s", "status",
-]
-LEAD = 3  # run, protocol, setting; the swept keys' columns follow them
+SWEEP_KEYS = ("name", "base", "grid", "runs")
+DELETE_PREFIX = "~"
+# Sections replaced whole when their kind changes, and the keys that name the kind.
+KINDS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("network", "topology"): ("generator", "file"),
+    ("protocol",): ("name",),
+    ("compression", "uplink"): ("name",),
+    ("compression", "downlink"): ("name",),
+}
+SHORTHAND = {("network", "topology"): "file", ("compression", "uplink"): "name",
+             ("compression", "downlink"): "name"}  # a string value means {key: value}
+DEFAULT_KIND = {("network", "topology"): {"generator": "star"}, ("protocol",): {"name": "periodic"}}
 UNSWEPT = ("name", "output.dir")  # differ between any two runs without being a setting
-MAX_WIDTH = 28  # widest swept column on the console
+HASH_LENGTH = 8
+LABEL_LENGTH = 120  # a directory name stays well under the file systems' 255 bytes
+SAFE = set("-_.=,+")
+
+
+class _Delete:
+    """Marks a key a patch deletes."""
+
+    def __repr__(self) -> str:
+        return "~"
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Delete:
+        return self  # one marker, compared by identity
+
+
+DELETE = _Delete()
+
+
+class _MissingKey(KeyError):
+    """A deletion of a key that is not there."""
 
 
 class Sweep(list[Scenario]):
-    """The scenarios of a sweep, remembering which dotted keys the sweep file varies."""
+    """The scenarios of a sweep, remembering the sweep's name, the dotted keys it varies,
+    and whether every run has passed the build check."""
 
-    def __init__(self, scenarios: Iterable[Scenario] = (), swept: Iterable[str] = ()):
+    def __init__(self, scenarios: Iterable[Scenario] = (), swept: Iterable[str] = (),
+                 name: str = "sweep", checked: bool = False):
         super().__init__(scenarios)
         self.swept = list(swept)
+        self.name = name
+        self.checked = checked
 
 
-def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if "." in key:
-            scenario_mod.set_key(out, key, copy.deepcopy(value))
-        elif key == "protocol" or not (isinstance(value, dict) and isinstance(out.get(key), dict)):
-            out[key] = copy.deepcopy(value)  # a protocol is replaced whole: its keys differ
-        else:
-            out[key] = _merge(out[key], value)
-    return out
+# ----------------------------------------------------------------------- patches
 
 
-def _changed_keys(base: dict[str, Any], changes: dict[str, Any], prefix: str = "") -> list[str]:
-    """The dotted keys a run sets: a mapping is followed down unless it replaces a value
-    whole (a protocol, a dotted key, a base value that is not a mapping)."""
-    keys = []
-    for key, value in changes.items():
-        below = base.get(key)
-        if ("." not in key and key != "protocol" and isinstance(value, dict) and value
-                and (below is None or isinstance(below, dict))):
-            keys += _changed_keys(below or {}, value, f"{prefix}{key}.")
-        else:
-            keys.append(prefix + key)
-    return keys
+def _shorthand(path: tuple[str, ...], value: Any) -> Any:
+    key = SHORTHAND.get(path)
+    return {key: value} if key is not None and isinstance(value, str) else value
 
 
-def lookup(data: Any, dotted: str) -> Any:
-    """The value at a dotted key path of plain data, None where the path does not exist."""
-    for key in dotted.split("."):
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
+def _kind_changes(path: tuple[str, ...], current: dict[str, Any], value: dict[str, Any],
+                  patch_mode: bool) -> bool:
+    keys = KINDS.get(path)
+    if not keys:
+        return False
+    if not any(k in current for k in keys):
+        if patch_mode:  # a patch that names no kind yet: the later one completes it
+            return False
+        current = DEFAULT_KIND.get(path, {})
+    return any(k in value and current.get(k) != value[k] for k in keys)
 
 
-def leaves(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted leaf paths of nested mappings; an empty mapping is a leaf."""
-    if not isinstance(data, dict) or (not data and prefix):
-        return {prefix: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(leaves(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
-
-
-def compact(value: Any) -> str:
-    """One-line form of a setting: `hierarchy`, `generator=ring n=9`, `0.005`, `[1,2]`.
-
-    Unset (None) and empty entries of a mapping are left out; a mapping left with one
-    entry shows only its value."""
+def _without_deletes(value: Any) -> Any:
     if isinstance(value, dict):
-        items = {k: v for k, v in leaves(value).items() if v is not None and v != {} and v != []}
-        if len(items) == 1:
-            return compact(next(iter(items.values())))
-        return " ".join(f"{k}={compact(v)}" for k, v in items.items())
+        return {k: _without_deletes(v) for k, v in value.items() if v is not DELETE}
+    return value
+
+
+def apply(data: dict[str, Any], patch: dict[str, Any], path: tuple[str, ...] = (),
+          patch_mode: bool = False) -> dict[str, Any]:
+    """`data` with a nested `patch` merged in (see the module's docstring for the rules).
+
+    With patch_mode, data is itself a patch: deletions are kept as markers and a
+    section that names no kind yet is merged, so a run and a grid value combine."""
+    out = dict(data)
+    for key, value in patch.items():
+        here = (*path, key)
+        if value is DELETE:
+            if patch_mode:
+                out[key] = DELETE
+            elif key in out:
+                del out[key]
+            else:
+                raise _MissingKey(".".join(here))
+            continue
+        value = _shorthand(here, value)
+        current = _shorthand(here, out.get(key))
+        if (isinstance(value, dict) and value and isinstance(current, dict)
+                and not _kind_changes(here, current, value, patch_mode)):
+            out[key] = apply(current, value, here, patch_mode)
+        else:
+            out[key] = copy.deepcopy(value if patch_mode else _without_deletes(value))
+    return out
+
+
+def nest(changes: dict[str, Any], where: str) -> dict[str, Any]:
+    """Overrides as a nested patch: dotted keys become mappings, `~key` a deletion."""
+    patch: dict[str, Any] = {}
+    for key, value in changes.items():
+        if not isinstance(key, str) or not key.strip(DELETE_PREFIX):
+            raise ScenarioError(f"{where}: {key!r}: expected a key path")
+        deleting = key.startswith(DELETE_PREFIX)
+        parts = key.removeprefix(DELETE_PREFIX).split(".")
+        if not all(parts):
+            raise ScenarioError(f"{where}: {key}: empty part in the key path")
+        if deleting and value is not None:
+            raise ScenarioError(f"{where}: {key}: deletes the key and takes no value "
+                                f"(write '{key}:' or '{key}: null')")
+        leaf = DELETE if deleting else nest(value, where) if isinstance(value, dict) else value
+        for part in reversed(parts):
+            leaf = {part: leaf}
+        patch = apply(patch, leaf, patch_mode=True)
+    return patch
+
+
+def _patch_leaves(patch: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    if not isinstance(patch, dict) or (not patch and path):
+        return [(path, patch)]
+    return [leaf for key, value in patch.items() for leaf in _patch_leaves(value, (*path, key))]
+
+
+def _swept_of_patch(patch: dict[str, Any]) -> list[str]:
+    """The dotted keys a run sets (a protocol counts as the one key `protocol`)."""
+    keys = [".".join(p) if p[0] != "protocol" else "protocol" for p, _ in _patch_leaves(patch)]
+    return list(dict.fromkeys(keys))
+
+
+# ------------------------------------------------------------------------ naming
+
+
+def digest_data(resolved: dict[str, Any]) -> str:
+    """Short hash of a resolved scenario, leaving out what names or places the run."""
+    data = copy.deepcopy(resolved)
+    data.pop("name", None)
+    if isinstance(data.get("output"), dict):
+        data["output"].pop("dir", None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+
+
+def digest(s: Scenario) -> str:
+    return digest_data(s.resolved())
+
+
+def _label_value(value: Any) -> str:
+    if value is DELETE:
+        return "default"  # a deleted key takes its default (and `~` would mean home to a shell)
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(compact(v) for v in value) + "]"
-    return "" if value is None else str(value)
+        return "+".join(_label_value(v) for v in value) or "empty"
+    if isinstance(value, dict):  # empty (a leaf), or an entry of a list such as links
+        return "+".join(_label_value(v) for v in leaves(value).values()) if value else "empty"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return str(value)
+
+
+def _label_parts(patch: dict[str, Any]) -> list[str]:
+    """`topology=ring`, `b=5`, `uplink=default` (deleted): each leaf of a patch by its last
+    key, a kind by its section's name (a topology file by its stem); two last keys where one
+    would be ambiguous."""
+    items = []
+    for path, value in _patch_leaves(patch):
+        if path in SHORTHAND and isinstance(value, str):  # `topology: x.yaml`, `uplink: topk`
+            path = (*path, SHORTHAND[path])
+        section, last = path[:-1], path[-1]
+        if last in KINDS.get(section, ()):
+            short = section[-1]
+            value = Path(value).stem if last == "file" and isinstance(value, str) else value
+        else:
+            short = last
+        items.append((path, short, value))
+    shorts = [s for _, s, _ in items]
+    parts = []
+    for path, short, value in items:
+        if shorts.count(short) > 1 and len(path) > 1:
+            short = ".".join(path[-2:])
+        parts.append(f"{short}={_label_value(value)}")
+    return parts
+
+
+def sanitize(text: str) -> str:
+    """A safe file name: letters, digits and -_.=,+ (anything else becomes _)."""
+    safe = "".join(c if c.isalnum() and c.isascii() or c in SAFE else "_" for c in text)
+    return safe.lstrip(".-")[:LABEL_LENGTH] or "run"
+
+
+def _check_run_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value or value in (".", "..") or any(
+            c in value for c in "/\\\x00"):
+        raise ScenarioError(f"{where}.name: must be a plain name (it names the run directory): "
+                            f"no path separators, not '.' or '..', got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------- files
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    """A sweep or base file's data, through the scenario loader (alias limit, YAML 1.2
+    booleans, one error naming the file)."""
+    return scenario_mod.read_yaml(path, what)
+
+
+def _base(value: Any, source: str, root: Path | None) -> tuple[dict[str, Any], list[Path]]:
+    """The base scenario's data and the folders its relative files may sit in."""
+    folders = [root] if root is not None else []
+    if isinstance(value, str):
+        path = Path(value)
+        if not path.is_absolute() and root is not None:
+            path = root / path
+        if not path.is_file():
+            raise ScenarioError(f"{source}: base: {path}: no such scenario file")
+        data = _read_yaml(path, "scenario file")
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ScenarioError(f"{path}: the top level must be a mapping of sections")
+        return data, [path.parent, *folders]
+    if isinstance(value, dict):
+        return copy.deepcopy(value), folders
+    raise ScenarioError(f"{source}: base: expected a scenario mapping or the path of a "
+                        f"scenario file, got {type(value).__name__}")
+
+
+def _find_files(s: Scenario, folders: list[Path]) -> None:
+    """A relative topology file that is not where it says resolves beside the base or the
+    sweep file, as `netfl run` resolves it beside the scenario file."""
+    topo = s.network.topology
+    if isinstance(topo, TopologyFile) and not Path(topo.file).exists():
+        for folder in folders:
+            if (folder / topo.file).exists():
+                topo.file = str(folder / topo.file)
+                return
+
+
+def _override(base: dict[str, Any], text: str) -> dict[str, Any]:
+    """One `--set key=value` or `--set ~key` on the base scenario."""
+    if text.startswith(DELETE_PREFIX) and "=" not in text:
+        key, value = text.strip(), None
+    else:
+        key, value = scenario_mod.parse_override(text)
+    try:
+        return apply(base, nest({key: value}, f"--set {text}"))
+    except _MissingKey:
+        raise ScenarioError(f"--set {text}: {key[1:]} is not set, nothing to delete") from None
+
+
+# ------------------------------------------------------------------------ expand
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from netfl.cli import _user_errors
+
+    return _user_errors()
+
+
+def _checker():
+    """netfl.validation.check (every build-time check of `netfl run`), or the network check
+    where that module is absent."""
+    try:
+        from netfl.validation import check
+    except ModuleNotFoundError as exc:
+        if exc.name != "netfl.validation":
+            raise
+        from netfl.build import check_network as check
+    return check
+
+
+def check_all(scenarios: list[Scenario], source: str = "sweep") -> None:
+    """Build-check every run; one ScenarioError listing every failing run and its error."""
+    check, errors = _checker(), []
+    for s in scenarios:
+        try:
+            check(s)
+        except _user_errors() as exc:
+            errors.append(f"{s.name}: {exc}")
+    _raise(errors, len(scenarios), source)
+
+
+def _raise(errors: list[str], total: int, source: str) -> None:
+    if errors:
+        lines = "\n".join("  " + e.removeprefix(f"{source}: ").replace("\n", "\n    ")
+                          for e in errors)
+        raise ScenarioError(f"{source}: {len(errors)} of {total} runs are invalid; nothing was "
+                            f"run:\n{lines}")
+
+
+def expand(spec: Any, source: str = "sweep", *, root: Path | None = None,
+           overrides: Iterable[str] = (), check: bool = True) -> Sweep:
+    """All scenarios of a sweep, named, validated and (with check) build-checked.
+
+    root is the sweep file's folder (for a base given as a path); overrides apply to
+    the base. Errors of single runs are gathered and raised together."""
+    if not isinstance(spec, dict) or "base" not in spec:
+        raise ScenarioError(f"{source}: a sweep needs a 'base' scenario")
+    unknown = set(spec) - set(SWEEP_KEYS)
+    if unknown:
+        raise ScenarioError(f"{source}: {sorted(map(str, unknown))[0]}: unknown key")
+    grid = spec.get("grid") or {}
+    runs = spec.get("runs") or [{}]
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise ScenarioError(f"{source}: grid: expected key.path: [values, ...]")
+    if any(str(k).startswith(DELETE_PREFIX) for k in grid):
+        raise ScenarioError(f"{source}: grid: ~key deletes a key; put it in a run")
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise ScenarioError(f"{source}: runs: expected a list of override mappings")
+    name = spec.get("name") or Path(source).name.split(".")[0] or "sweep"
+    if not isinstance(name, str):
+        raise ScenarioError(f"{source}: name: expected text, got {name!r}")
+    base, folders = _base(spec["base"], source, root)
+    for text in overrides:
+        base = _override(base, text)
+
+    run_patches, run_names = [], []
+    for i, run in enumerate(runs):
+        where = f"{source}: runs[{i}]"
+        run = dict(run)
+        run_names.append(_check_run_name(run.pop("name"), where) if "name" in run else None)
+        run_patches.append(nest(run, where))
+    combos = [nest(dict(zip(grid, combo)), f"{source}: grid")
+              for combo in itertools.product(*grid.values())]
+    swept = [k for k in grid] + [k for p in run_patches for k in _swept_of_patch(p)]
+    checker = _checker() if check else None
+    scenarios = Sweep(swept=dict.fromkeys(swept), name=name, checked=check)
+    errors: list[str] = []
+    seen: dict[str, str] = {}
+    for i, (run_name, run_patch) in enumerate(zip(run_names, run_patches)):
+        for combo in combos:
+            parts = [*_label_parts(combo),
+                     *([run_name] if run_name else _label_parts(run_patch))]
+            label = ",".join(parts) or name
+            where = f"{source}: runs[{i}] ({label})" if len(runs) > 1 else f"{source}: {label}"
+            try:
+                data = apply(base, apply(run_patch, combo, patch_mode=True))
+                s = scenario_mod.from_dict(data, where)
+            except _MissingKey as exc:
+                errors.append(f"{where}: ~{exc.args[0]}: is not set, nothing to delete")
+                continue
+            except ScenarioError as exc:
+                errors.append(str(exc))
+                continue
+            _find_files(s, folders)
+            s.name = f"{sanitize(label)}-{digest(s)}"
+            if s.name in seen:
+                errors.append(f"{where}: the same scenario as {seen[s.name]}")
+                continue
+            seen[s.name] = where.removeprefix(f"{source}: ")
+            if checker is not None:
+                try:
+                    checker(s)
+                except _user_errors() as exc:
+                    errors.append(f"{where}: {exc}")
+                    continue
+            scenarios.append(s)
+    _raise(errors, len(runs) * len(combos), source)
+    return scenarios
+
+
+def load(path: str | Path, overrides: Iterable[str] = (), *, check: bool = True) -> Sweep:
+    """A sweep file's runs; `overrides` (`key=value`, `~key`) apply to its base scenario."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(f"{path}: no such sweep file")
+    spec = _read_yaml(path, "sweep file")
+    return expand(spec, str(path), root=path.parent, overrides=overrides, check=check)
+
+
+def from_scenarios(scenarios: list[Scenario]) -> Sweep:
+    """Separate scenarios (several scenario files) as a sweep: each keeps its name, with the
+    hash of its scenario added where two names coincide; the keys that differ are swept."""
+    names = [s.name for s in scenarios]
+    out = []
+    for s in scenarios:
+        if names.count(s.name) > 1:
+            s = s.model_copy(deep=True)
+            s.name = f"{s.name}-{digest(s)}"
+        out.append(s)
+    return Sweep(out, swept=differing_keys(out), name="sweep")
+
+
+# ------------------------------------------------------------------------ keys
 
 
 def differing_keys(scenarios: list[Scenario]) -> list[str]:
@@ -125,143 +451,8 @@ def swept_keys(scenarios: list[Scenario]) -> list[str]:
     return [k for k in keys if k != "protocol"]
 
 
-def setting(s: Scenario) -> str:
-    params = s.protocol.model_dump(exclude={"name", "wait"}, exclude_none=True)
-    return " ".join(f"{k}={v}" for k, v in params.items()) or "-"
+def run_sweep(scenarios: list[Scenario], out: str | Path, **options: Any):
+    """Run a sweep into out/ (see netfl.sweep_exec.run_sweep)."""
+    from netfl.sweep_exec import run_sweep as run
 
-
-def _slug(s: Scenario, changes: dict[str, Any]) -> str:
-    parts = [s.protocol.name, *(f"{k}{v}" for k, v in
-                                s.protocol.model_dump(exclude={"name", "wait"},
-                                                      exclude_none=True).items())]
-    for key, value in changes.items():
-        if key != "protocol":
-            parts.append(f"{key.split('.')[-1]}{compact(value)}")
-    text = "-".join(str(p) for p in parts)
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def expand(spec: Any, source: str = "sweep") -> Sweep:
-    """All scenarios of a sweep, validated, with unique names and the keys it varies."""
-    if not isinstance(spec, dict) or "base" not in spec:
-        raise ScenarioError(f"{source}: a sweep needs a 'base' scenario")
-    unknown = set(spec) - {"name", "base", "grid", "runs"}
-    if unknown:
-        raise ScenarioError(f"{source}: {sorted(unknown)[0]}: unknown key")
-    grid = spec.get("grid") or {}
-    runs = spec.get("runs") or [{}]
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ScenarioError(f"{source}: grid: expected key.path: [values, ...]")
-    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
-        raise ScenarioError(f"{source}: runs: expected a list of override mappings")
-    name = spec.get("name") or Path(source).stem
-    base = spec["base"] if isinstance(spec["base"], dict) else {}
-    swept = list(grid) + [k for run in runs for k in _changed_keys(base, run)]
-    scenarios, seen = Sweep(swept=dict.fromkeys(swept)), set()
-    for run_index, run in enumerate(runs):
-        for combo in itertools.product(*grid.values()):
-            changes = {**run, **dict(zip(grid.keys(), combo))}
-            data = _merge(spec["base"], changes)
-            where = f"{source}: runs[{run_index}]" if len(runs) > 1 else source
-            s = scenario_mod.from_dict(data, where)
-            slug = _slug(s, {k: v for k, v in changes.items() if k in grid})
-            s.name = f"{name}-{slug}"
-            while s.name in seen:
-                s.name += "_"
-            seen.add(s.name)
-            scenarios.append(s)
-    return scenarios
-
-
-def load(path: str | Path, overrides: list[str] = ()) -> Sweep:
-    path = Path(path)
-    if not path.is_file():
-        raise ScenarioError(f"{path}: no such sweep file")
-    try:
-        spec = yaml.safe_load(scenario_mod.read_text(path, "sweep file"))
-    except yaml.YAMLError:
-        raise ScenarioError(f"{path}: not valid YAML") from None
-    if isinstance(spec, dict) and isinstance(spec.get("base"), dict):
-        for text in overrides:
-            key, value = scenario_mod.parse_override(text)
-            scenario_mod.set_key(spec["base"], key, value)
-    return expand(spec, str(path))
-
-
-def table_row(s: Scenario, summary: dict[str, Any], swept: list[str]) -> dict[str, Any]:
-    """One row: the run, its protocol, each swept key's value, then the summary's numbers."""
-    resolved = s.resolved()
-    return {"run": s.name, "protocol": s.protocol.name, "setting": setting(s),
-            **{key: compact(lookup(resolved, key)) for key in swept},
-            **{k: summary.get(k) for k in TABLE_COLUMNS[LEAD:]}}
-
-
-def run_sweep(scenarios: list[Scenario], out: str | Path, *, progress: bool = False,
-              log=None) -> list[dict[str, Any]]:
-    """Run every scenario into out/<name>/ and write out/sweep.csv, one row per run."""
-    from netfl.run import run
-
-    log = log if log is not None else sys.stderr  # the stream of now, not of import time
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    swept = swept_keys(scenarios)
-    rows = []
-    for index, s in enumerate(scenarios, 1):
-        summary = run(s, str(out / s.name), progress=progress)
-        rows.append(table_row(s, summary, swept))
-        print(f"[{index}/{len(scenarios)}] {s.name}: loss {summary['cumulative_loss']:.1f}, "
-              f"{summary['bytes_total']} bytes", file=log)
-        write_table(rows, out / "sweep.csv")
-        if summary["status"] == "interrupted":
-            break  # Ctrl-C stops the sweep; a diverged run is recorded and the sweep goes on
-    return rows
-
-
-def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """TABLE_COLUMNS with the rows' swept keys after the first three."""
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in TABLE_COLUMNS]
-    return [*TABLE_COLUMNS[:LEAD], *extra, *TABLE_COLUMNS[LEAD:]]
-
-
-def write_table(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns(rows))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _headers(keys: list[str]) -> list[str]:
-    """Each key's last part, or the whole dotted key where two last parts coincide."""
-    last = [k.rsplit(".", 1)[-1] for k in keys]
-    return [part if last.count(part) == 1 else key for key, part in zip(keys, last)]
-
-
-def _cell(value: Any, fmt: str, width: int) -> str:
-    return f"{'-' if value is None else format(value, fmt):>{width}}"
-
-
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """A console table; the score is accuracy, or mean squared error for regression runs.
-
-    Every swept key gets a column, so runs that differ only in, say, the topology
-    still read apart."""
-    key, label = "final_accuracy", "final acc"
-    if rows and all(r.get("final_accuracy") is None for r in rows) and any(
-            r.get("final_mse") is not None for r in rows):
-        key, label = "final_mse", "final mse"
-    swept = [k for k in columns(rows) if k not in TABLE_COLUMNS]
-    widths = [min(MAX_WIDTH, max(len(h), *(len(str(r.get(k, ""))) for r in rows)))
-              for k, h in zip(swept, _headers(swept))]
-    head = " ".join([f"{'protocol':10} {'setting':34}",
-                     *(f"{h[:w]:{w}}" for h, w in zip(_headers(swept), widths)),
-                     f"{'cum. loss':>11} {'bytes':>13} {label:>9} {'sim time s':>10} "
-                     f"{'t to acc s':>10}"])
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        cells = [f"{r['protocol']:10} {r['setting'][:34]:34}",
-                 *(f"{str(r.get(k, ''))[:w]:{w}}" for k, w in zip(swept, widths)),
-                 _cell(r.get("cumulative_loss"), ".1f", 11), _cell(r.get("bytes_total"), "d", 13),
-                 _cell(r.get(key), ".3f", 9), _cell(r.get("sim_time_s"), ".2f", 10),
-                 _cell(r.get("time_to_accuracy_s"), ".2f", 10)]
-        lines.append(" ".join(cells))
-    return "\n".join(lines)
+    return run(scenarios, out, **options)

@@ -11,6 +11,7 @@ import torch
 from pydantic import ValidationError
 
 from netfl.build import build
+from netfl.observers import Observer
 from netfl.protocols import PROTOCOLS
 from netfl.protocols.asynchronous import (
     encode,
@@ -36,7 +37,12 @@ def arrival(proto, learner: int, base: int, vector: torch.Tensor) -> SimpleNames
 
 def never_blocks(sim) -> list[bool]:
     seen: list[bool] = []
-    sim.observers.append(lambda s, r: seen.append(bool(s.blocked.any())))
+
+    class Watch(Observer):
+        def on_round(self, s, row):
+            seen.append(bool(s.blocked.any()))
+
+    sim.observers.append(Watch())
     return seen
 
 

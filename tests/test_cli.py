@@ -29,7 +29,7 @@ def test_validate_prints_resolved_scenario(tmp_path, capsys):
     assert resolved["learners"]["count"] == 3
     assert resolved["network"]["latency"] == 0.02
     assert resolved["protocol"] == {"name": "periodic", "b": 10, "wait": True, "deadline": None,
-                                    "mu": 0.0, "server_optimizer": None}
+                                    "overcommit": 1.0, "mu": 0.0, "server_optimizer": None}
 
 
 @pytest.mark.parametrize("data, needle", [
@@ -108,14 +108,14 @@ def test_same_scenario_and_seed_give_identical_metrics(tmp_path):
 
 
 def test_interrupt_keeps_rows_and_writes_interrupted_summary(tmp_path, monkeypatch):
-    original = results.Recorder.round
+    original = results.Recorder.on_round
 
-    def interrupt_at_round_8(self, row):
+    def interrupt_at_round_8(self, sim, row):
         if row["round"] == 8:
             raise KeyboardInterrupt
-        original(self, row)
+        original(self, sim, row)
 
-    monkeypatch.setattr(results.Recorder, "round", interrupt_at_round_8)
+    monkeypatch.setattr(results.Recorder, "on_round", interrupt_at_round_8)
     path = write(tmp_path, BASE)
     out = tmp_path / "run"
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 130

@@ -56,7 +56,7 @@ DISTORTION = [
     ("fp8", {"budget_bits": BUDGET}, (0.52, 0.35, 0.27)),
     ("fp4", {"budget_bits": BUDGET}, (0.32, 0.21, 0.48)),
     ("tinyscript", {"budget_bits": BUDGET}, (0.145, 0.17, 0.29)),
-    ("m22", {"budget_bits": BUDGET}, (0.17, 0.24, 0.57)),
+    ("m22", {"budget_bits": BUDGET}, (0.22, 0.18, 0.22)),
     ("m22", {"budget_bits": BUDGET, "M": 0}, (0.19, 0.2, 0.3)),
     ("m22", {"budget_bits": BUDGET, "R": "auto"}, (0.25, 0.21, 0.23)),
 ]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from netfl.build import build
+from netfl.observers import Tables
 from netfl.protocols import PROTOCOLS
 from netfl.protocols.decentralized import matching, metropolis_weights, mix
 from netfl.protocols.neighbours import neighbour_matrix, neighbourhood
@@ -29,10 +30,10 @@ def lists(nbrs):
 
 
 def run(scenario, **kwargs):
-    rows = []
-    built = build(scenario, on_message=rows.append, **kwargs)
+    tables = Tables(learners=False)
+    built = build(scenario, observers=[tables], **kwargs)
     built.simulation.run()
-    return built.simulation, rows
+    return built.simulation, tables.rows.get("messages", [])
 
 
 def model_message_size(sim) -> int:

@@ -134,11 +134,11 @@ def test_balances_keep_members_within_delta(tiny, monkeypatch):
     seen = []
     original = Dynamic._send_average
 
-    def checked(self, models):
+    def checked(self, models, full):
         members = sorted(models)
         mean = torch.stack([models[i] for i in members]).mean(0)
         seen.append((len(members), float(((mean - self.reference) ** 2).sum())))
-        original(self, models)
+        original(self, models, full)
 
     monkeypatch.setattr(Dynamic, "_send_average", checked)
     sim = build(tiny(learners={"count": 8}, protocol={"name": "dynamic", "delta": 0.05, "b": 2},

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from netfl.build import build
 from netfl.learning.bank import LearnerBank
 from netfl.learning.models import build_model
+from netfl.observers import Tables
 from netfl.protocols import server_opt
 from netfl.protocols.server_opt import ServerOptimizer, ServerOptimizerConfig
 from netfl.scenario import ScenarioError
@@ -44,10 +45,10 @@ def _grads(bank: LearnerBank, rows: list[int], x: torch.Tensor, y: torch.Tensor)
 
 def run(tiny, **changes):
     sim = build(tiny(**changes)).simulation
-    rows: list[dict] = []
-    sim.on_round = rows.append
+    tables = Tables(learners=False, messages=False)
+    sim.observers.append(tables)
     sim.run()
-    return sim, rows
+    return sim, tables.rows["metrics"]
 
 
 # --------------------------------------------------------------------------- FedProx

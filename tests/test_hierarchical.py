@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from netfl.build import build
+from netfl.observers import Observer
 from netfl.run import run
 from netfl.scenario import ScenarioError
 from netfl.sim import wire
@@ -27,15 +28,15 @@ def run_sim(scenario, capture=()):
     """Run; returns the simulation, its metrics rows and the models just before the
     synchronizations of the rounds in ``capture``."""
     rows: list[dict] = []
-    built = build(scenario, on_round=rows.append)
-    sim = built.simulation
     before: dict[int, torch.Tensor] = {}
 
-    def observe(s, rnd):
-        if rnd in capture:
-            before[rnd] = s.bank.flat().clone()
+    class Capture(Observer):
+        def on_round(self, s, row):
+            rows.append(row)
+            if row["round"] in capture:
+                before[row["round"]] = s.bank.flat().clone()
 
-    sim.observers.append(observe)
+    sim = build(scenario, observers=[Capture()]).simulation
     sim.run()
     return sim, rows, before
 

@@ -75,7 +75,8 @@ def test_a_sweep_records_a_diverged_run_and_goes_on(tmp_path):
     sweep.write_text(yaml.safe_dump({"name": "d", "base": BASE, "runs": [
         {"optimizer": {"lr": 1e6}, "model": {"kind": "mlp", "hidden": [64, 64]}},
         {"optimizer": {"lr": 0.1}}]}))
-    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--quiet"]) == 3
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--quiet",
+                 "--workers", "1"]) == 3
     with (tmp_path / "out" / "sweep.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["status"] for r in rows] == ["diverged", "completed"]

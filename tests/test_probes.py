@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from netfl.build import build
+from netfl.observers import Tables
 from netfl.probes import parameters as par
 from netfl.probes import representation as rep
 from netfl.probes.schedule import Schedule
@@ -35,13 +36,9 @@ def read(path):
 
 
 def collect(s):
-    """Build ``s`` with a sink that keeps the probes' rows by table."""
-    tables: dict[str, list[dict]] = {}
-
-    def sink(table: str, columns: list[str], rows: list[dict]) -> None:
-        tables.setdefault(table, []).extend(rows)
-
-    return build(s, on_probe=sink), tables
+    """Build ``s`` with an observer that keeps the probes' rows by table."""
+    tables = Tables(learners=False, messages=False)
+    return build(s, observers=[tables]), tables.rows
 
 
 # --------------------------------------------------------------------------- observers
@@ -72,7 +69,7 @@ def test_probe_tables_rows_and_columns(runs):
     # periodic b=5 over 10 rounds: probes at the syncs 5 and 10; 3 learners x 2 models each
     assert [(int(r["round"]), int(r["learner"]), r["model"]) for r in rows] == [
         (t, i, model) for t in (5, 10) for i in range(3) for model in ("local", "average")]
-    assert all(r["estimator"] == "edge" and int(r["samples"]) == 60 for r in rows)
+    assert all(r["estimator"] == "ksg" and int(r["samples"]) == 60 for r in rows)
     for r in rows:
         assert 0.0 <= float(r["acc"]) <= 1.0
         assert float(r["mi_yz_bits"]) >= 0 and float(r["mi_xz_bits"]) >= 0
@@ -184,7 +181,7 @@ def test_parameter_rows_average_over_replicas():
                                   sim_time_s=0.5))
     probe = par.ParameterProbe(replicas=40, every=5, estimators=["gaussian", "ksg"], k=3,
                                projection=par.Projection(10, 2, "random", seed=0), seed=0,
-                               make_replica=None, sink=None)
+                               make_replica=None)
     rows = probe.rows(5, snaps)
     assert [(r["learner_a"], r["learner_b"]) for r in rows] == [(0, 1), (0, 2), (1, 2)]
     assert all(r["dist_euclidean"] == pytest.approx(19.5) for r in rows)  # mean of 0..39
@@ -270,4 +267,4 @@ def test_probes_default_off_and_resolved():
     resolved = scenario().resolved()
     assert resolved["probes"] == {"representation": None, "parameters": None}
     on = scenario(probes={"representation": {}}).resolved()["probes"]["representation"]
-    assert on == {"every": "sync", "estimator": "edge", "samples": 500, "seed": 0}
+    assert on == {"every": "sync", "estimator": "ksg", "samples": 500, "seed": 0}

@@ -88,3 +88,11 @@ def test_name_defaults_to_file_stem(tmp_path):
     path = tmp_path / "my-experiment.yaml"
     path.write_text("seed: 5\n")
     assert load(path).name == "my-experiment"
+
+
+def test_yaml_reads_on_yes_no_as_strings_and_true_false_as_booleans(tmp_path):
+    """YAML 1.2 booleans: `eval: {on: test}` means the key "on", not True."""
+    path = tmp_path / "s.yaml"
+    path.write_text("eval:\n  on: train\n  local: false\nprotocol: {name: periodic, wait: true}\n")
+    sc = load(path)
+    assert sc.eval.on == "train" and sc.eval.local is False and sc.protocol.wait is True

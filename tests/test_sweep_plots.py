@@ -16,10 +16,12 @@ from .conftest import BASE, merge
 def test_expand_runs_cross_grid():
     spec = {"name": "s", "base": BASE, "grid": {"seed": [0, 1]},
             "runs": [{"protocol": {"name": "periodic", "b": 2}},
-                     {"protocol": {"name": "dynamic", "delta": 0.5}}, {"protocol.name": "nosync"}]}
-    with pytest.raises(ScenarioError, match=r"runs\[2\]: protocol.b: unknown key"):
+                     {"protocol": {"name": "dynamic", "delta": 0.5}},
+                     {"protocol": {"name": "nosync", "b": 3}}]}
+    with pytest.raises(ScenarioError, match=r"runs\[2\] \(seed=0,protocol=nosync,b=3\): "
+                                            r"protocol.b: unknown key"):
         sweep.expand(spec)
-    spec["runs"][2] = {"protocol": {"name": "nosync"}}
+    spec["runs"][2] = {"protocol.name": "nosync"}  # a new name: periodic's b does not leak
     scenarios = sweep.expand(spec)
     assert len(scenarios) == 6
     assert [s.seed for s in scenarios] == [0, 1, 0, 1, 0, 1]
@@ -44,7 +46,7 @@ def test_sweep_command_runs_every_setting_and_plots(tmp_path, capsys):
     path = tmp_path / "mini.sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
     out = tmp_path / "out"
-    assert main(["sweep", str(path), "--out", str(out), "--quiet"]) == 0
+    assert main(["sweep", str(path), "--out", str(out), "--quiet", "--workers", "1"]) == 0
     table = (out / "sweep.csv").read_text().splitlines()
     assert len(table) == 3 and table[0].startswith("run,protocol,setting,cumulative_loss")
     runs = sorted(p for p in out.iterdir() if p.is_dir())

@@ -158,7 +158,7 @@ def test_topology_sweep_table_has_a_column_per_swept_key(tmp_path, capsys):
             "grid": {"network.topology.generator": ["star", "ring"]}}
     path = write_yaml(tmp_path / "topo.sweep.yaml", spec)
     out = tmp_path / "out"
-    assert main(["sweep", str(path), "--out", str(out), "--quiet"]) == 0
+    assert main(["sweep", str(path), "--out", str(out), "--quiet", "--workers", "1"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert "generator" in table[0] and "sim time s" in table[0] and "t to acc s" in table[0]
     assert len(set(table[2:4])) == 2  # the two rows read apart

@@ -8,7 +8,8 @@ codec), layer by layer. Then per upload and layer: fitted GenNorm beta and scale
 excess kurtosis, Wasserstein-2 distances of the standardized update to the fitted
 GenNorm, Normal and Laplace; per layer: Spearman and Kolmogorov-Smirnov independence
 tests across uploads with their pass ratios. Writes layer_stats.csv and
-independence.csv and prints per-layer medians. Recording reads the update only.
+independence.csv and prints per-layer medians. Recording is an observer of the run
+(``Observer.on_upload``): it reads the update only.
 """
 
 from __future__ import annotations
@@ -22,9 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-from netfl.build import build
+import netfl
 from netfl.compression.stats import run_stats
-from netfl.scenario import load
+
+
+class UpdateRecorder(netfl.Observer):
+    """Keeps every ``every``-th update one learner sends up, layer by layer (read only)."""
+
+    def __init__(self, learner: int, every: int) -> None:
+        self.learner, self.every = learner, every
+        self.uploads = 0
+        self.history: list[list[np.ndarray]] = []
+
+    def on_upload(self, sim, learner: int, update) -> None:
+        if learner != self.learner:
+            return
+        self.uploads += 1
+        if self.uploads % self.every == 0:
+            self.history.append([t.detach().cpu().numpy()
+                                 for t in sim.bank.unflatten(update).values()])
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -43,28 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=1, help="keep every k-th upload")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    scenario = load(args.scenario)
-    sim = build(scenario).simulation
-    channel = getattr(sim.protocol, "channel", None)
-    if channel is None:
-        print(f"error: protocol {scenario.protocol.name} sends no model updates", file=sys.stderr)
+    scenario = netfl.load(args.scenario)
+    recorder = UpdateRecorder(args.learner, args.every)
+    netfl.simulate(scenario, observers=[recorder])
+    if recorder.uploads == 0:
+        print(f"error: protocol {scenario.protocol.name} sent no model updates from learner "
+              f"{args.learner}", file=sys.stderr)
         return 2
-    history: list[list[np.ndarray]] = []
-    uploads = [0]
-    encode_up = channel.encode_up
-
-    def recording(learners, models):
-        hits = np.flatnonzero(np.asarray(learners) == args.learner)
-        if len(hits):
-            uploads[0] += 1
-            if uploads[0] % args.every == 0:
-                base = channel.bases[int(channel.learner_version[args.learner])]
-                update = models[int(hits[0])] - base
-                history.append(channel._layers(update))
-        return encode_up(learners, models)
-
-    channel.encode_up = recording
-    sim.run()
+    history = recorder.history
     rows, tests = run_stats(history)
     out = Path(args.out or tempfile.mkdtemp(prefix="gradient-stats-"))
     out.mkdir(parents=True, exist_ok=True)

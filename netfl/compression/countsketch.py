@@ -23,15 +23,79 @@ from netfl.compression.errors import CodecError
 MAX_COLS = 2**32
 
 
+CHUNK = 1 << 18  # entries per pass: bounds every temporary (a multiple of 4, see Hashes)
+CACHED = 1 << 21  # rows * n up to this: the hashes are kept as whole arrays (<= 26 MB)
+
+
+class Hashes:
+    """The hashes of one (seed, rows, cols, n), handed out a chunk of entries at a time.
+
+    They are the draws ``rng.integers(0, cols, (rows, n), int64)`` then ``rng.integers(0, 2,
+    (rows, n), int8)`` of ``default_rng([seed, rows, cols, n])``, as when they were
+    materialised whole. Up to ``CACHED`` entries they still are; above, the generator's
+    state is recorded at every chunk's start in one pass and a chunk is drawn again on
+    demand, so memory stays O(CHUNK) whatever n. Drawing in pieces gives the same values:
+    bounded int64 draws take one 32-bit word each in sequence, and int8 draws four per
+    word from a buffer that restarts with each call, hence chunks of a multiple of 4.
+    """
+
+    def __init__(self, seed: int, rows: int, cols: int, n: int, chunk: int = CHUNK,
+                 cached: int = CACHED) -> None:
+        self.rows, self.cols, self.n, self.chunk = rows, cols, n, chunk
+        rng = np.random.default_rng([seed, rows, cols, n])
+        self.whole: tuple[np.ndarray, np.ndarray] | None = None
+        if rows * n <= cached:
+            buckets = rng.integers(0, cols, size=(rows, n), dtype=np.int64)
+            signs = (rng.integers(0, 2, size=(rows, n), dtype=np.int8) * 2 - 1).astype(np.float32)
+            buckets.setflags(write=False)
+            signs.setflags(write=False)
+            self.whole = buckets, signs
+            return
+        self._rng = rng
+        state = rng.bit_generator
+        self._bucket_states: list[list[dict]] = []
+        for _ in range(rows):
+            row = []
+            for a in range(0, n, chunk):
+                row.append(state.state)
+                rng.integers(0, cols, size=min(chunk, n - a), dtype=np.int64)
+            self._bucket_states.append(row)
+        self._sign_states = []
+        for f in range(0, rows * n, chunk):
+            self._sign_states.append(state.state)
+            rng.integers(0, 2, size=min(chunk, rows * n - f), dtype=np.int8)
+
+    def spans(self, whole: bool = False) -> list[tuple[int, int]]:
+        """Chunks of entries [a, b); ``whole``: one span where the hashes are cached."""
+        if whole and self.whole is not None:
+            return [(0, self.n)]
+        return [(a, min(self.n, a + self.chunk)) for a in range(0, self.n, self.chunk)]
+
+    def row(self, j: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """(buckets int64, signs float32) of row j for entries [a, b), a span of ``spans``."""
+        if self.whole is not None:
+            return self.whole[0][j, a:b], self.whole[1][j, a:b]
+        self._rng.bit_generator.state = self._bucket_states[j][a // self.chunk]
+        buckets = self._rng.integers(0, self.cols, size=b - a, dtype=np.int64)
+        return buckets, self._signs(j * self.n + a, j * self.n + b)
+
+    def _signs(self, start: int, stop: int) -> np.ndarray:
+        """Signs of flat entries [start, stop) of the row-major (rows, n) sign draws."""
+        total, out, pieces = self.rows * self.n, [], range(start // self.chunk * self.chunk,
+                                                           stop, self.chunk)
+        for f in pieces:
+            self._rng.bit_generator.state = self._sign_states[f // self.chunk]
+            drawn = self._rng.integers(0, 2, size=min(self.chunk, total - f), dtype=np.int8)
+            out.append(drawn[max(start - f, 0) : stop - f])
+        bits = out[0] if len(out) == 1 else np.concatenate(out)
+        return (bits * 2 - 1).astype(np.float32)
+
+
 @lru_cache(maxsize=32)
-def hashes(seed: int, rows: int, cols: int, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(buckets int64 [rows, n], signs float32 [rows, n]) for one layer size."""
-    rng = np.random.default_rng([seed, rows, cols, n])
-    buckets = rng.integers(0, cols, size=(rows, n), dtype=np.int64)
-    signs = (rng.integers(0, 2, size=(rows, n), dtype=np.int8) * 2 - 1).astype(np.float32)
-    buckets.setflags(write=False)
-    signs.setflags(write=False)
-    return buckets, signs
+def hashes(seed: int, rows: int, cols: int, n: int) -> Hashes:
+    """One layer size's hashes, shared by every learner of a run (cached: small ones are
+    arrays, large ones a few generator states)."""
+    return Hashes(seed, rows, cols, n)
 
 
 def median_rows(rows: list[np.ndarray]) -> np.ndarray:
@@ -101,9 +165,13 @@ class CountSketch(Codec):
         cols = self.choose_cols(n, budget)
         sketch = np.zeros((self.rows, cols), dtype=np.float32)
         if n:
-            buckets, signs = hashes(self.seed, self.rows, cols, n)
+            h = hashes(self.seed, self.rows, cols, n)
             for j in range(self.rows):
-                sketch[j] = np.bincount(buckets[j], weights=signs[j] * x, minlength=cols)
+                total = np.zeros(cols)
+                for a, b in h.spans(whole=True):  # one span when cached: as it always was
+                    buckets, signs = h.row(j, a, b)
+                    total += np.bincount(buckets, weights=signs * x[a:b], minlength=cols)
+                sketch[j] = total
         return varint(cols) + sketch.astype("<f4").tobytes()
 
     def _decode_payload(self, reader: Reader, n: int) -> np.ndarray:
@@ -113,15 +181,24 @@ class CountSketch(Codec):
         sketch = reader.array("<f4", self.rows * cols).reshape(self.rows, cols)
         # the hashes take rows * n entries whatever the payload: refuse trailing bytes first
         reader.finish()
-        out = np.zeros(n, dtype=np.float32)
         if n == 0:
-            return out
-        buckets, signs = hashes(self.seed, self.rows, cols, n)
-        estimate = median_rows([sketch[j].take(buckets[j]) * signs[j] for j in range(self.rows)])
+            return np.zeros(0, dtype=np.float32)
+        # Bounded memory: the estimate is the only n-sized float array; rows are gathered,
+        # signed in place and median-reduced a chunk of entries at a time.
+        h = hashes(self.seed, self.rows, cols, n)
+        estimate = np.empty(n, dtype=np.float32)
+        for a, b in h.spans():
+            rows = []
+            for j in range(self.rows):
+                buckets, signs = h.row(j, a, b)
+                value = sketch[j].take(buckets)
+                value *= signs
+                rows.append(value)
+            estimate[a:b] = median_rows(rows)
         k = resolve_k(self.k, n) if self.k is not None else min(n, max(1, cols // 10))
-        if k >= n:
-            return estimate.astype(np.float32)
-        if k > 0:
-            keep = np.argpartition(np.abs(estimate), n - k)[n - k :]
-            out[keep] = estimate[keep]
-        return out
+        if 0 < k < n:  # zero all but the k largest magnitudes, in place
+            drop = np.argpartition(np.abs(estimate), n - k)[: n - k]
+            estimate[drop] = 0
+        elif k <= 0:
+            estimate[:] = 0
+        return estimate

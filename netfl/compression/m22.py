@@ -1,12 +1,41 @@
-"""M22 (seed 003; Liu et al., arXiv:2301.09269): per layer, top-k, standardize the kept
-values, fit a generalized normal, quantize with the 2**R-level quantizer that minimizes the
-M-magnitude weighted L2 distortion E[|g|^M (g - Q(g))^2] (lloyd.py), send bit-packed level
-indices, the kept positions (bitmap or gap-coded, whichever is shorter) and the per-layer
-parameters (mean, scale, beta, R, M). Wire format: see sparse.py and fitted.py.
+"""M22 (seed 003; Liu et al., arXiv:2301.09269): per layer, top-k, then the 2**R-level
+quantizer that minimizes the M-magnitude weighted L2 distortion E[|g|^M (g - Q(g))^2] of the
+values it quantizes; bit-packed level indices, the kept positions (bitmap or gap-coded,
+whichever is shorter) and what the decoder needs to rebuild the levels.
 
-Rate control: under budget_bits the split between kept fraction and bits per kept value is
-k = the largest count with k*R bits of codes + positions + parameters within the budget
-(the reference's kept fraction P / (R * 100) is the same trade at a fixed R).
+Why the design is empirical (design="empirical", the default). Under a bit budget the values
+M22 quantizes are the top-k survivors |g| >= t: two tails with nothing in between. The
+seed's recipe (design="model": standardize, fit one generalized normal, design on it; see
+fitted.py) fits a symmetric unimodal density to that bimodal set. On Laplace data (scale 1)
+at 2 bits per entry the fitted beta sits at the grid's maximum (10: nearly flat over the
+two tails' span), the outer level at 3.1 while the survivors reach 11.9, and the codec loses
+its own objective to a plain uniform quantizer (tools/codec_study.py --distortion). A
+truncated generalized normal (truncated below at t) would fit Laplace and generalized-normal
+survivors exactly, but real update tails are only roughly generalized normal, and its design
+depends on two continuous parameters (shape and t / scale), so it could not come from a
+small cached grid. Instead M22 runs the seed's two-step iteration (|g|^M-weighted centroids,
+midpoint thresholds) on the survivors' own magnitudes, summarized by a fine histogram
+(empirical.py): the quantizer of least weighted distortion for exactly the values sent,
+whatever their law, for about the cost of the old moment fit. The decoder cannot re-derive
+it from a few parameters, so the payload carries the 2**(R-1) magnitude levels (6 bytes at
+R = 2, 18 at R = 4), charged in the bytes like everything else. Levels are symmetric, a code
+being a sign and a magnitude index: survivors of gradients are close to symmetric, and one
+level set costs half the bytes of two.
+
+Values block of a layer of n > min_size entries (its first byte tells the variants apart):
+  R u8 (1..8) | level table | k codes of R bits
+      table: top level f32, then L-1 u16 offsets o_i, level_i = top * 2**(-o_i / 2048)
+      (ascending, L = 2**(R-1)); code j decodes to -level[L-1-j] for j < L, else level[j-L]
+  0x80 u8 | value f32                    every kept value equal (a zero layer): no codes
+  0x00 u8 | fitted.py's block            design="model", the seed's generalized-normal fit
+
+Rate control: under budget_bits, k = the largest count whose codes, positions and levels fit
+(sparse.py). Under a budget R defaults to "auto": one histogram of the whole layer gives,
+for every R in AUTO_R, the dropped entries' weighted energy sum |g|^(M+2) plus the designed
+quantizer's distortion on the top k_R, and the least total wins (a fixed R = 2 cannot win at
+2 bits per entry: it keeps many entries coarsely where the weight asks for few, finely).
+Under a budget min_size defaults to 0: a small layer's values cost 32 bits each as float32,
+and the M-weighted energy of an update often sits in its small output layer.
 `choose_m` picks M by a short calibration run the caller supplies, as the seed suggests.
 """
 
@@ -16,24 +45,127 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from netfl.compression import empirical
+from netfl.compression.bits import Reader, bucketize, f32, pack_codes, packed_len, unpack_codes
 from netfl.compression.codec import check_float
-from netfl.compression.fitted import FittedQuantCodec
+from netfl.compression.errors import CodecError
+from netfl.compression.fitted import MAX_R, FittedQuantCodec
+
+DESIGNS = ("empirical", "model")
+AUTO_R = (1, 2, 3, 4, 5, 6, 8)
+_MODEL, _CONSTANT = 0x00, 0x80
 
 
 class M22(FittedQuantCodec):
-    """M22 with exponent M of the distortion weight (M = 0 is plain L2 Lloyd-Max)."""
+    """M22 with exponent M of the distortion weight (M = 0 is plain L2 Lloyd-Max).
+
+    design: "empirical" (levels designed on the kept values, sent) or "model" (the seed's
+    generalized-normal fit, parameters sent; kept to reproduce the seed and compare).
+    """
 
     name = "m22"
     family = "gennorm"
     sends_m = True
 
-    def __init__(self, *, M: float = 2.0, **params) -> None:
-        super().__init__(**params)
+    def __init__(
+        self,
+        *,
+        M: float = 2.0,
+        design: str = "empirical",
+        R: int | str | None = None,
+        min_size: int | None = None,
+        **params,
+    ) -> None:
+        # under a budget every bit counts: M22 chooses the split between k and R, and codes
+        # small layers too (float32 values cost 32 bits each)
+        budgeted = params.get("budget_bits") is not None
+        if R is None:
+            R = "auto" if budgeted else 2
+        if min_size is None:
+            min_size = 0 if budgeted else 1000
+        super().__init__(R=R, min_size=min_size, **params)
         # float32 so that the encoder's design key is the value the decoder reads back
         self.M = float(np.float32(check_float(self.name, "M", M, 0.0, 64.0)))
+        if design not in DESIGNS:
+            raise CodecError(f"{self.name}: design must be one of {DESIGNS}, got {design!r}")
+        self.design = design
 
     def params(self) -> dict[str, object]:
-        return {"M": self.M, **super().params()}
+        return {"M": self.M, "design": self.design, **super().params()}
+
+    # ---- sizes ---------------------------------------------------------------------------
+    def _values_bound(self, k: int, n: int) -> int:
+        if n <= self.min_size:
+            return 4 * k
+        if self.design == "model":
+            return 1 + super()._values_bound(k, n)
+        R = self._active_R
+        return 1 + empirical.table_len(2 ** (R - 1)) + packed_len(k, R)
+
+    # ---- rate control --------------------------------------------------------------------
+    def pick_R(self, x: np.ndarray, budget: int | None) -> int:
+        """R in AUTO_R whose budget split (k_R kept at R bits) has the least estimated
+        weighted distortion: dropped entries count |x|^(M+2), kept ones the designed
+        quantizer's error, both from one histogram of the whole layer (empirical.py)."""
+        if self.design == "model":
+            return super().pick_R(x, budget)
+        n = x.size
+        if n <= self.min_size:
+            return AUTO_R[0]
+        hist = empirical.histogram(x)
+        best, best_cost = AUTO_R[0], np.inf
+        for R in AUTO_R:
+            self._active_R = R
+            kept, dropped = empirical.top(hist, self.choose_k(n, budget))
+            cost = dropped.weighted_energy(self.M + 2)
+            if kept.mags.size:
+                cost += empirical.design(kept, 2 ** (R - 1), self.M).distortion
+            if cost < best_cost:
+                best, best_cost = R, cost
+        self._active_R = best
+        return best
+
+    # ---- values block --------------------------------------------------------------------
+    def _encode_values(self, v: np.ndarray, n: int, rng: np.random.Generator) -> bytes:
+        if n <= self.min_size:
+            return v.astype("<f4", copy=False).tobytes()
+        if self.design == "model":
+            return bytes([_MODEL]) + super()._encode_values(v, n, rng)
+        hist = empirical.histogram(v)
+        if hist.mags.size == 1 and v.min() == v.max():
+            return bytes([_CONSTANT]) + f32(v[0])
+        R = self._active_R
+        table, levels = empirical.pack_table(empirical.design(hist, 2 ** (R - 1), self.M).centers)
+        inner = (levels[1:] + levels[:-1]) / 2  # midpoints of the levels the decoder reads
+        codes = bucketize(v, np.concatenate([-inner[::-1], [0.0], inner]))
+        return bytes([R]) + table + pack_codes(codes, R)
+
+    def _decode_values(self, reader: Reader, k: int, n: int) -> np.ndarray:
+        if n <= self.min_size:
+            return reader.array("<f4", k)
+        kind = reader.u8()
+        if kind == _MODEL:
+            return super()._decode_values(reader, k, n)
+        if kind == _CONSTANT:
+            value = reader.f32()
+            if not np.isfinite(value):
+                raise CodecError(f"undecodable bytes: {self.name} constant value {value}")
+            return np.full(k, value, dtype=np.float32)
+        if not 1 <= kind <= MAX_R:
+            raise CodecError(f"undecodable bytes: {self.name} values block kind {kind}")
+        R, half = kind, 2 ** (kind - 1)
+        reader.need(empirical.table_len(half) + packed_len(k, R), f"{self.name} levels, codes")
+        try:
+            levels = empirical.read_table(reader, half).astype(np.float32)
+        except ValueError as err:
+            raise CodecError(f"undecodable bytes: {self.name} {err}") from None
+        codes = unpack_codes(reader.take(packed_len(k, R)), k, R)
+        return np.concatenate([-levels[::-1], levels])[codes]
+
+    def warm(self) -> None:
+        """Precompute the model designs (design="model"); the empirical design has none."""
+        if self.design == "model":
+            super().warm()
 
 
 def choose_m(

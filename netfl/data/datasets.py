@@ -1,5 +1,6 @@
 """Datasets as tensors in memory: bundled (digits), synthetic (gaussian_mixture, signal), or
-read from local files (mnist IDX, cifar10 python pickles). Nothing is ever downloaded.
+read from local files (mnist IDX, cifar10 python pickles, a researcher's own .npz arrays,
+LEAF's federated JSON) or made by a researcher's Python function. Nothing is ever downloaded.
 
 Every loader is seeded by an argument and uses its own ``numpy.random.Generator``; no global
 random state is read or changed, so the same ``(name, seed, params)`` always gives the same
@@ -8,7 +9,6 @@ tensors.
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import math
 import os
@@ -16,56 +16,18 @@ import pickle
 import struct
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from netfl.data.base import DataError, Dataset, random_split, stratified_split
+from netfl.data.custom import load_npz, load_python
+from netfl.data.leaf import load_leaf
 
-class DataError(ValueError):
-    """A data request a user can get wrong (name, file, parameter); the message names it."""
-
-
-@dataclass
-class Dataset:
-    """A classification or regression dataset held as tensors.
-
-    ``x_*`` are float32 ``[N, *input_shape]`` (images scaled to [0, 1]). For ``task``
-    'classification' ``y_*`` are int64 class labels in ``[0, num_classes)``; for
-    'regression' they are float32 targets ``[N, num_classes]`` (``num_classes`` is then the
-    number of targets, the model's output width, and training minimizes squared error).
-    """
-
-    name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
-    task: str = "classification"
-
-    def __post_init__(self) -> None:
-        if len(self.x_train) != len(self.y_train) or len(self.x_test) != len(self.y_test):
-            raise DataError(f"{self.name}: inputs and labels differ in length")
-        if self.x_train.shape[1:] != self.x_test.shape[1:]:
-            raise DataError(f"{self.name}: train and test inputs differ in shape")
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one input, e.g. ``(1, 8, 8)`` for digits."""
-        return tuple(self.x_train.shape[1:])
-
-    def to(self, device: torch.device | str) -> Dataset:
-        """A copy with every tensor on ``device`` (same object's tensors if already there)."""
-        return dataclasses.replace(
-            self,
-            x_train=self.x_train.to(device),
-            y_train=self.y_train.to(device),
-            x_test=self.x_test.to(device),
-            y_test=self.y_test.to(device),
-        )
+__all__ = ["DATASETS", "DataError", "Dataset", "load_dataset", "random_split", "read_idx",
+           "stratified_split"]
 
 
 def load_dataset(
@@ -87,6 +49,11 @@ def load_dataset(
       ``n_samples`` (1500), ``length`` (64), ``components`` (3), ``min_cycles`` (8),
       ``max_cycles`` (16), ``max_shift`` (1), ``min_scale`` (0.5), ``max_scale`` (2),
       ``noise`` (0.05).
+    - ``npz``: a researcher's arrays, param ``path`` (``netfl.data.custom.load_npz``).
+    - ``python``: what ``factory`` (``'package.module:function'``) returns when called with
+      ``params`` (``netfl.data.custom.load_python``).
+    - ``leaf``: LEAF's JSON (FEMNIST, Shakespeare, Sent140, synthetic) in ``root``, with
+      per-sample users (``netfl.data.leaf.load_leaf``).
 
     ``seed`` drives synthetic generation and the train/test split; ``test_fraction`` is the
     stratified test share where there is no official split. Unknown params are errors.
@@ -129,31 +96,6 @@ def _float_param(dataset: str, key: str, value: Any, *, positive: bool) -> float
         bound = "> 0" if positive else ">= 0"
         raise DataError(f"{dataset}: {key} must be a finite number {bound}, got {value!r}")
     return float(value)
-
-
-def stratified_split(
-    labels: np.ndarray, test_fraction: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train, test) indices with each class split in proportion ``test_fraction``.
-
-    The test total is ``round(test_fraction * N)``; per-class shares are rounded by largest
-    remainder so that class proportions match the full set as closely as integers allow.
-    """
-    n = len(labels)
-    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
-    n_test = round(test_fraction * n)
-    if not 0 < n_test < n:
-        raise DataError(f"test_fraction: {test_fraction} leaves an empty split of {n} samples")
-    ideal = counts * test_fraction
-    per_class = np.floor(ideal).astype(np.int64)
-    extra = n_test - int(per_class.sum())
-    order = np.argsort(-(ideal - per_class), kind="stable")
-    per_class[order[:extra]] += 1
-    test_mask = np.zeros(n, dtype=bool)
-    for c in range(len(classes)):
-        members = np.flatnonzero(inverse == c)
-        test_mask[rng.permutation(members)[: per_class[c]]] = True
-    return np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
 
 
 def _from_arrays(
@@ -484,5 +426,8 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist": _load_mnist,
     "cifar10": _load_cifar10,
     "signal": _load_signal,
+    "npz": load_npz,
+    "python": load_python,
+    "leaf": load_leaf,
 }
 """Registry: dataset name -> loader taking ``seed, test_fraction, root, **params``."""

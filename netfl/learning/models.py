@@ -33,6 +33,7 @@ __all__ = [
     "ModelError",
     "build_model",
     "init_parameters",
+    "last_layer",
 ]
 
 
@@ -71,7 +72,25 @@ class LinearModel(nn.Module):
         return h if features else self.out(h)
 
 
-class MLP(nn.Module):
+class _HiddenNet(nn.Module):
+    """What the models with hidden layers share: shape, outputs, activation and the head.
+
+    ``_add_head`` is called after the hidden layers, so the head's parameters are
+    registered last (``last_layer`` and the parameter order depend on it)."""
+
+    def __init__(self, input_shape: tuple[int, ...], num_classes: int, activation: str) -> None:
+        super().__init__()
+        self.input_shape = tuple(input_shape)
+        self.num_classes = num_classes
+        self.activation = activation
+        self._act = ACTIVATIONS[activation]
+
+    def _add_head(self, width: int) -> None:
+        self.feature_dim = width
+        self.out = nn.Linear(width, self.num_classes)
+
+
+class MLP(_HiddenNet):
     """Fully connected network; the representation is the last hidden layer."""
 
     def __init__(
@@ -81,15 +100,10 @@ class MLP(nn.Module):
         hidden: Sequence[int],
         activation: str = "relu",
     ) -> None:
-        super().__init__()
-        self.input_shape = tuple(input_shape)
-        self.num_classes = num_classes
-        self.activation = activation
-        self._act = ACTIVATIONS[activation]
+        super().__init__(input_shape, num_classes, activation)
         widths = [math.prod(self.input_shape), *hidden]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
-        self.feature_dim = widths[-1]
-        self.out = nn.Linear(widths[-1], num_classes)
+        self._add_head(widths[-1])
 
     def forward(self, x: torch.Tensor, features: bool = False) -> torch.Tensor:
         h = _flatten(x)
@@ -98,7 +112,7 @@ class MLP(nn.Module):
         return h if features else self.out(h)
 
 
-class CNN(nn.Module):
+class CNN(_HiddenNet):
     """LeNet-5 style: conv(6,5x5)-pool-conv(16,5x5)-pool-fc(120)-fc(84)-out.
 
     Both convolutions are padded by 2 and pooling uses ``ceil_mode``, so the spatial
@@ -114,13 +128,9 @@ class CNN(nn.Module):
         activation: str = "relu",
         channels: tuple[int, int] = (6, 16),
     ) -> None:
-        super().__init__()
         if len(input_shape) == 2:
             input_shape = (1, *input_shape)
-        self.input_shape = tuple(input_shape)
-        self.num_classes = num_classes
-        self.activation = activation
-        self._act = ACTIVATIONS[activation]
+        super().__init__(input_shape, num_classes, activation)
         c_in = self.input_shape[0]
         self.conv1 = nn.Conv2d(c_in, channels[0], kernel_size=5, padding=2)
         self.conv2 = nn.Conv2d(channels[0], channels[1], kernel_size=5, padding=2)
@@ -130,8 +140,7 @@ class CNN(nn.Module):
             flat = self._conv(dummy).shape[1]
         widths = [flat, *hidden]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
-        self.feature_dim = widths[-1]
-        self.out = nn.Linear(widths[-1], num_classes)
+        self._add_head(widths[-1])
 
     def _conv(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], *self.input_shape)
@@ -146,7 +155,7 @@ class CNN(nn.Module):
         return h if features else self.out(h)
 
 
-class RNN(nn.Module):
+class RNN(_HiddenNet):
     """Stacked Elman (simple) RNN reading a sequence; a linear head on the last hidden state.
 
     Input ``[N, T, F]`` is T steps of F features: a 1-D signal ``(T,)`` is read as ``(T, 1)``
@@ -166,19 +175,14 @@ class RNN(nn.Module):
         hidden: Sequence[int] = (4,),
         activation: str = "tanh",
     ) -> None:
-        super().__init__()
-        self.input_shape = tuple(input_shape)
-        self.num_classes = num_classes
-        self.activation = activation
-        self._act = ACTIVATIONS[activation]
+        super().__init__(input_shape, num_classes, activation)
         shape = self.input_shape
         self.steps, features = (shape[0], 1) if len(shape) == 1 else (
             shape[-2], shape[-1] * (shape[0] if len(shape) == 3 else 1))
         widths = [features, *hidden]
         self.inputs = nn.ModuleList(nn.Linear(a, b) for a, b in pairwise(widths))
         self.recurrent = nn.ModuleList(nn.Linear(b, b, bias=False) for b in widths[1:])
-        self.feature_dim = widths[-1]
-        self.out = nn.Linear(widths[-1], num_classes)
+        self._add_head(widths[-1])
 
     @torch.no_grad()
     def initialize(self, generator: torch.Generator) -> None:
@@ -364,7 +368,15 @@ def init_parameters(model: nn.Module, generator: torch.Generator) -> nn.Module:
 
 
 def last_layer(model: nn.Module) -> list[str]:
-    """Names of the final layer's parameters: what transfer learning trains (seed 002)."""
-    names = [n for n, _ in model.named_parameters()]
-    prefix = names[-1].rsplit(".", 1)[0]
-    return [n for n in names if n.rsplit(".", 1)[0] == prefix]
+    """Names of the final layer's parameters: what transfer learning trains (seed 002).
+
+    The final layer is the last submodule in registration order (as ``named_modules()``
+    lists them) that holds parameters of its own: the head ``out`` of the built-in models.
+    A parameter tied to an earlier module goes by that module's name, the one
+    ``named_parameters()`` (and so the bank) knows it by."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    for _, module in reversed(list(model.named_modules())):
+        own = dict.fromkeys(canonical[id(p)] for p in module.parameters(recurse=False))
+        if own:
+            return list(own)
+    raise ModelError("model: has no parameters")

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from netfl.observers import Observer
 from netfl.probes.mi import estimate
 
 if TYPE_CHECKING:
@@ -52,8 +53,6 @@ if TYPE_CHECKING:
 TABLE = "probes_parameters"
 DISTANCES = ("dist_euclidean", "dist_manhattan", "dist_chebyshev")
 SEEDED = ("edge", "ksg")
-
-Sink = Callable[[str, list[str], list[dict[str, Any]]], None]
 
 
 def columns(estimators: list[str]) -> list[str]:
@@ -149,7 +148,7 @@ def snapshot(sim: Simulation, projection: Projection) -> Snapshot:
     )
 
 
-class ReplicaRecorder:
+class ReplicaRecorder(Observer):
     """Observer of a replica: keeps its snapshots at the probe rounds, by round."""
 
     def __init__(self, every: int, projection: Projection) -> None:
@@ -157,7 +156,8 @@ class ReplicaRecorder:
         self.projection = projection
         self.snapshots: dict[int, Snapshot] = {}
 
-    def __call__(self, sim: Simulation, rnd: int) -> None:
+    def on_round(self, sim: Simulation, row: dict[str, Any]) -> None:
+        rnd = int(row["round"])
         if rnd % self.every == 0:
             self.snapshots[rnd] = snapshot(sim, self.projection)
 
@@ -178,8 +178,9 @@ def mi_between(
     return out
 
 
-class ParameterProbe:
-    """Observer of the run (replica 0); runs replicas 1..R-1 and writes probes_parameters rows.
+class ParameterProbe(Observer):
+    """Observer of the run (replica 0); runs replicas 1..R-1 and writes probes_parameters rows
+    to the run's observers (on_probe).
 
     ``make_replica(r)`` returns a fresh Simulation of the same scenario without probes and
     with replica r's stream seed; build.py provides it, so the probe never imports build.
@@ -195,7 +196,6 @@ class ParameterProbe:
         projection: Projection,
         seed: int,
         make_replica: Callable[[int], Simulation],
-        sink: Sink,
     ) -> None:
         self.replicas = replicas
         self.every = every
@@ -204,7 +204,6 @@ class ParameterProbe:
         self.projection = projection
         self.seed = seed
         self.make_replica = make_replica
-        self.sink = sink
         self.columns = columns(self.estimators)
         self._others: list[dict[int, Snapshot]] | None = None
 
@@ -221,12 +220,13 @@ class ParameterProbe:
             self._others = others
         return self._others
 
-    def __call__(self, sim: Simulation, rnd: int) -> None:
+    def on_round(self, sim: Simulation, row: dict[str, Any]) -> None:
+        rnd = int(row["round"])
         if rnd % self.every:
             return
         own = snapshot(sim, self.projection)
         samples = [own] + [o[rnd] for o in self.run_replicas() if rnd in o]
-        self.sink(TABLE, self.columns, self.rows(rnd, samples))
+        sim.observers.probe(TABLE, self.columns, self.rows(rnd, samples))
 
     def rows(self, rnd: int, samples: list[Snapshot]) -> list[dict[str, Any]]:
         """One row per learner pair from the replicas' snapshots at round ``rnd``."""

@@ -21,12 +21,13 @@ other estimators.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from netfl.observers import Observer
 from netfl.probes.mi import estimate
 from netfl.probes.schedule import Schedule
 
@@ -40,8 +41,6 @@ COLUMNS = [
     "mi_xz_bits", "mi_yz_bits", "acc", "loss_mean",
 ]
 SEEDED = ("edge", "ksg")  # estimators that take a seed (projections, offsets, tie noise)
-
-Sink = Callable[[str, list[str], list[dict[str, Any]]], None]
 
 
 def local_samples(
@@ -106,8 +105,8 @@ def measure(
     return rows
 
 
-class RepresentationProbe:
-    """Observer ``probe(sim, rnd)`` writing ``probes_representation`` rows through ``sink``."""
+class RepresentationProbe(Observer):
+    """Observer writing ``probes_representation`` rows to the run's observers (on_probe)."""
 
     def __init__(
         self,
@@ -115,21 +114,20 @@ class RepresentationProbe:
         y: torch.Tensor,
         *,
         every: int | str,
-        estimator: str = "edge",
+        estimator: str = "ksg",
         seed: int = 0,
-        sink: Sink,
     ) -> None:
         self.x, self.y = x, y
         self.schedule = Schedule(every)
         self.estimator = estimator
         self.seed = seed
-        self.sink = sink
 
-    def __call__(self, sim: Simulation, rnd: int) -> None:
+    def on_round(self, sim: Simulation, row: dict[str, Any]) -> None:
+        rnd = int(row["round"])
         if not self.schedule.due(sim, rnd):
             return
         rows = measure(sim.bank, self.x, self.y, self.estimator, seed=self.seed)
         now = round(sim.env.now, 9)
         for row in rows:
             row.update(round=rnd, sim_time_s=now)
-        self.sink(TABLE, COLUMNS, rows)
+        sim.observers.probe(TABLE, COLUMNS, rows)

@@ -1,7 +1,7 @@
 """When a probe fires: every k rounds, or at the protocol's synchronization rounds.
 
-Probes are observers: the engine calls them after it emits the metrics row of round r
-(1-based), i.e. once every learner has finished round r. At a synchronization round of a
+Probes are observers (``netfl.observers.Observer``): their ``on_round`` gets the metrics row
+of round r (1-based), i.e. once every learner has finished round r. At a synchronization round of a
 star protocol (periodic, continuous, fedavg) the uploads have only just been sent, so a
 probe sees the local models *before* the average replaces them, which is the moment seed 000
 measures "at each aggregation".

@@ -247,6 +247,13 @@ class Asynchronous(Protocol):
         self.sim.counters["server_updates"] += 1
         self.sim.counters["syncs"] += 1  # what probes' every: sync and summary's syncs count
 
+    def on_online(self, learners: np.ndarray) -> None:
+        """A learner that comes back downloads the current global model if it holds an older
+        one (it does not wait for it: nobody waits in these protocols)."""
+        behind = learners[self.learner_version[learners] < self.version]
+        if len(behind):
+            self.send_global(behind.tolist(), int(self.sim.rounds_done[behind].max()))
+
     def on_lost(self, msg: Any) -> None:
         """Nobody waits: a lost upload is dropped, a lost download leaves its learner as it is."""
         if msg.kind == "model_up":

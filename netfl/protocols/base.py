@@ -8,6 +8,7 @@ section (``Config``), what it needs from the build (``needs``), and the hooks.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -67,6 +68,13 @@ class Protocol:
         if dst != COORDINATOR and self.sim.blocked[dst]:
             self.sim.unblock(dst)
 
+    def on_offline(self, learners: np.ndarray) -> None:
+        """``learners`` went offline (learners.availability): their messages in flight are
+        lost (``on_lost`` follows for each). Default: nothing more to do."""
+
+    def on_online(self, learners: np.ndarray) -> None:
+        """``learners`` came back. Default: they carry on with the model they had."""
+
 
 class StarConfig(Section):
     """Settings every star averaging protocol has."""
@@ -75,6 +83,9 @@ class StarConfig(Section):
     deadline: PositiveSeconds | None = Field(
         default=None, description="seconds after a round's first model at which the "
         "coordinator averages what arrived; later models are late")
+    overcommit: float = Field(
+        default=1.0, ge=1, le=10, description="select this many times the learners needed "
+        "and average the first to arrive (FedScale, Bonawitz et al.: 1.3); 1: no over-commit")
     mu: float = Field(
         default=0.0, ge=0, description="FedProx: learners minimise f_i(w) + mu/2 ||w - w_g||^2, "
         "w_g the global model they last received (0: off)")
@@ -92,6 +103,13 @@ class StarAveraging(Protocol):
     arrived by then; models of a round already averaged are late (counted, dropped).
     An upload the network gives up is no longer expected; if none of a round's models
     arrive there is no average and its waiting learners carry on with their own models.
+    With ``overcommit`` c > 1 the round closes at the first ceil(selected / c) models
+    (FedAvg selects c times its C*m learners and keeps the first C*m, as FedScale and
+    Google's production system do); the rest arrive late. A selected learner that is
+    offline when the round opens, or goes offline before its model arrives, is dropped
+    (no longer expected); one that comes back downloads the last global model first.
+    Counters (cumulative): ``selected``, ``completed`` (models averaged), ``dropped``
+    (offline or lost) and the engine's ``messages_late``.
 
     ``mu > 0`` adds FedProx's proximal term to every learner's local steps, anchored at
     the global model it last received. A ``server_optimizer`` replaces the average by a
@@ -105,13 +123,16 @@ class StarAveraging(Protocol):
 
     message_kinds = ("model", "broadcast")
     synchronizes = True
+    counters = ("selected", "completed", "dropped")  # cumulative learners per round's upload
 
     def __init__(self, sim: SimulationAPI, config: Any, *, seed: int = 0) -> None:
         super().__init__(sim, config, seed=seed)
         self.wait: bool = getattr(config, "wait", True)
         self.deadline: float | None = getattr(config, "deadline", None)
+        self.overcommit: float = float(getattr(config, "overcommit", 1.0))
         self.inbox: dict[int, list[bytes]] = {}
-        self.expected: dict[int, int] = {}
+        self.pending: dict[int, set[int]] = {}  # selected uploaders not yet in, per open round
+        self.needed: dict[int, int] = {}  # models that close an open round
         self.closed: set[int] = set()  # rounds averaged or abandoned
         self.received = np.zeros(sim.m, dtype=np.int64)  # latest round whose average arrived
         self.channel = sim.make_channel(seed=self.channel_seed())
@@ -121,6 +142,9 @@ class StarAveraging(Protocol):
         opt = getattr(config, "server_optimizer", None)
         self.server_optimizer = None if opt is None else ServerOptimizer(opt)
         self.global_model: torch.Tensor = self.channel.bases[0]  # x: the last global model
+        self.last_broadcast: tuple[bytes, int, int] | None = None  # payload, version, round
+        for name in self.counters:
+            sim.counters[name] = 0
 
     def syncs_at(self, rnd: int) -> bool:
         raise NotImplementedError
@@ -128,6 +152,12 @@ class StarAveraging(Protocol):
     def uploaders(self, rnd: int) -> np.ndarray:
         """Learners whose models are averaged at a synchronization round (default: all)."""
         return np.arange(self.sim.m)
+
+    def selection(self, rnd: int) -> tuple[np.ndarray, int]:
+        """The learners asked to upload at round ``rnd`` and how many models close it: with
+        ``overcommit`` c the first ceil(selected / c) to arrive (everyone when c = 1)."""
+        chosen = self.uploaders(rnd)
+        return chosen, max(1, math.ceil(len(chosen) / self.overcommit - 1e-9))
 
     def receivers(self, rnd: int) -> np.ndarray:
         return np.arange(self.sim.m)
@@ -142,13 +172,24 @@ class StarAveraging(Protocol):
             if self.wait and rnd not in self.closed:
                 waiting = np.intersect1d(at_round, self.receivers(rnd))
                 self.sim.block(waiting[self.received[waiting] < rnd])
+            self._open(rnd)
             senders = np.intersect1d(at_round, self.uploaders(rnd))
-            self.expected.setdefault(rnd, len(self.uploaders(rnd)))
             if not len(senders):
                 continue
             for learner, payload in zip(senders, self._uploads(senders, rnd)):
                 event = self.sim.send("model", int(learner), COORDINATOR, rnd, payload)
                 event.callbacks.append(self._on_model)
+
+    def _open(self, rnd: int) -> None:
+        """Start expecting round ``rnd``'s uploads from its selected learners that are online."""
+        if rnd in self.pending or rnd in self.closed:
+            return
+        chosen, needed = self.selection(rnd)
+        online = chosen[self.sim.online[chosen]]
+        self.pending[rnd] = set(online.tolist())
+        self.needed[rnd] = needed
+        self.sim.counters["selected"] += len(chosen)
+        self.sim.counters["dropped"] += len(chosen) - len(online)
 
     def _uploads(self, senders: np.ndarray, rnd: int) -> list[bytes]:
         """The payloads ``senders`` upload at round ``rnd``: their models, through the channel."""
@@ -162,11 +203,20 @@ class StarAveraging(Protocol):
             return
         box = self.inbox.setdefault(msg.round, [])
         box.append(msg.payload)
+        self.pending[msg.round].discard(msg.src)
         if len(box) == 1 and self.deadline is not None:
             timer = self.sim.env.timeout(self.deadline, msg.round)
             timer.callbacks.append(self._on_deadline)
-        if len(box) >= self.expected[msg.round]:
-            self._aggregate(msg.round)
+        self._check(msg.round)
+
+    def _check(self, rnd: int) -> None:
+        """Close an open round once it has the models it needs or expects no more."""
+        box = self.inbox.get(rnd, [])
+        if len(box) >= self.needed[rnd] or not self.pending[rnd]:
+            if box:
+                self._aggregate(rnd)
+            else:
+                self._abandon(rnd)
 
     def _on_deadline(self, event: simpy.Event) -> None:
         if event.value not in self.closed:
@@ -177,25 +227,51 @@ class StarAveraging(Protocol):
             super().on_lost(msg)
             return
         rnd = msg.round
-        if rnd in self.closed:
+        if rnd in self.closed or msg.src not in self.pending[rnd]:
             return
-        self.expected[rnd] -= 1
-        if self.inbox.get(rnd):
-            if len(self.inbox[rnd]) >= self.expected[rnd]:
-                self._aggregate(rnd)
-        elif self.expected[rnd] <= 0:  # nothing will arrive: no average this round
-            self.closed.add(rnd)
-            del self.expected[rnd]
-            for learner in self.receivers(rnd):
-                if self.sim.blocked[learner] and self.received[learner] < rnd:
-                    self.sim.unblock(int(learner))
+        self.pending[rnd].discard(msg.src)
+        self.sim.counters["dropped"] += 1
+        self._check(rnd)
+
+    def on_offline(self, learners: np.ndarray) -> None:
+        """Selected learners that went offline before their upload arrived are dropped."""
+        gone = set(learners.tolist())
+        for rnd in list(self.pending):
+            lost = self.pending[rnd] & gone
+            if lost:
+                self.pending[rnd] -= lost
+                self.sim.counters["dropped"] += len(lost)
+                self._check(rnd)
+
+    def on_online(self, learners: np.ndarray) -> None:
+        """A learner that comes back downloads the newest global model before it trains on
+        (the last broadcast, resent to it and charged as one)."""
+        if self.last_broadcast is None:
+            return
+        payload, version, rnd = self.last_broadcast
+        if self.wait:
+            self.sim.block(learners)
+        for learner in learners.tolist():
+            event = self.sim.send("broadcast", COORDINATOR, learner, rnd, payload)
+            event.callbacks.append(lambda ev, v=version: self._on_average(ev, v))
+
+    def _abandon(self, rnd: int) -> None:
+        """Nothing will arrive: no average this round; its waiting learners carry on."""
+        self.closed.add(rnd)
+        del self.pending[rnd], self.needed[rnd]
+        self.inbox.pop(rnd, None)
+        for learner in self.receivers(rnd):
+            if self.sim.blocked[learner] and self.received[learner] < rnd:
+                self.sim.unblock(int(learner))
 
     def _aggregate(self, rnd: int) -> None:
         self.closed.add(rnd)
         payloads = self.inbox.pop(rnd)
-        del self.expected[rnd]
+        del self.pending[rnd], self.needed[rnd]
         payload, version = self._average(payloads)
         self.sim.counters["syncs"] += 1
+        self.sim.counters["completed"] += len(payloads)
+        self.last_broadcast = (payload, version, rnd)
         for learner in self.receivers(rnd):
             event = self.sim.send("broadcast", COORDINATOR, int(learner), rnd, payload)
             event.callbacks.append(lambda ev, v=version: self._on_average(ev, v))

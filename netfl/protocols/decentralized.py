@@ -158,7 +158,36 @@ class PeerMixing(Protocol):
         state = self.rounds.get(rnd)
         if state is None:
             state = self.rounds[rnd] = _Round(self.partners(rnd))
+            offline = np.flatnonzero(~self.sim.online)
+            if len(offline):
+                self._drop(rnd, state, offline)
         return state
+
+    def on_offline(self, learners: np.ndarray) -> None:
+        """Offline learners leave every open round: they mix nothing, and partners stop
+        waiting for models they had not sent (a model on the wire is lost: ``on_lost``)."""
+        for rnd, state in list(self.rounds.items()):
+            self._drop(rnd, state, learners)
+
+    def _drop(self, rnd: int, state: _Round, learners: np.ndarray) -> None:
+        learners = learners[~state.mixed[learners]]
+        if not len(learners):
+            return
+        state.mixed[learners] = True
+        state.open -= len(learners)
+        waiting = []
+        for learner in learners.tolist():
+            state.own.pop(learner, None)
+            if not state.sent[learner]:
+                for peer in state.partners[learner].tolist():
+                    state.expected[peer] -= 1
+                    waiting.append(peer)
+        ready = self._ready(state, np.unique(np.asarray(waiting, dtype=np.int64)))
+        if len(ready):
+            self._mix(rnd, state, ready)
+        elif state.open == 0:
+            del self.rounds[rnd]
+            self.sim.counters["syncs"] += 1
 
     def after_step(self, learners: np.ndarray, rounds: np.ndarray) -> None:
         due = rounds % self.config.b == 0

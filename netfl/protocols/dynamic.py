@@ -34,6 +34,7 @@ from pydantic import Field
 
 from netfl.protocols.base import Protocol
 from netfl.schema import Section
+from netfl.sim import wire
 from netfl.sim.interface import COORDINATOR, SimulationAPI
 
 COUNTERS = ("violations", "balancings", "augmentations", "full_syncs", "reference_updates")
@@ -134,6 +135,26 @@ class Dynamic(Protocol):
         else:
             super().on_lost(msg)
 
+    def on_online(self, learners: np.ndarray) -> None:
+        """A learner that comes back downloads the current reference r (full float32, as
+        ``sync``) and waits for it, so its local condition is checked against r."""
+        version = self.channel.version
+        if not version:
+            return
+        payload = wire.encode_vector(self.reference)
+        self.sim.block(learners)
+        for learner in learners.tolist():
+            event = self.sim.send("sync", COORDINATOR, learner,
+                                  int(self.sim.rounds_done[learner]), payload)
+            event.callbacks.append(lambda ev, v=version: self._on_rejoin(ev, v))
+
+    def _on_rejoin(self, event: simpy.Event, version: int) -> None:
+        msg = event.value
+        self.channel.received(msg.dst, version)
+        self.sim.deliver(msg.dst, wire.decode_vector(msg.payload, self.sim.bank.device))
+        if self.sim.blocked[msg.dst]:
+            self.sim.unblock(msg.dst)
+
     def _on_request(self, event: simpy.Event) -> None:
         """A queried learner stops and answers with its current model."""
         msg = event.value
@@ -169,11 +190,13 @@ class Dynamic(Protocol):
                 continue
             self.violation_counter += len(models)
             reference = self.reference.clone()
+            complete = False  # every learner was asked: a full sync of those that answered
             while len(models) < sim.m:
                 # v counts every violation, also those that arrived during a query, so the
                 # full-synchronization test v = m is made again after each one
                 if self.violation_counter >= sim.m:
                     added = [i for i in range(sim.m) if i not in models]
+                    complete = True
                 elif self._too_far(models, reference):
                     added = augment(set(models), sim.m, self.config.augmentation, self.rng)
                     sim.counters["augmentations"] += 1
@@ -181,9 +204,9 @@ class Dynamic(Protocol):
                     break
                 before = len(models)
                 yield from self._query(models, added)
-                if len(models) == before:
-                    break  # every queried learner was unreachable: balance what answered
-            self._send_average(models)
+                if complete or len(models) == before:
+                    break  # the rest were unreachable (offline, lost): balance what answered
+            self._send_average(models, full=complete or len(models) == sim.m)
 
     def _collect(self, messages: list) -> dict[int, torch.Tensor]:
         """Violation models that are not stale (sent before the learner got a newer model)."""
@@ -218,11 +241,12 @@ class Dynamic(Protocol):
         self.violation_counter += len(late)
         models.update(late)
 
-    def _send_average(self, models: dict[int, torch.Tensor]) -> None:
+    def _send_average(self, models: dict[int, torch.Tensor], full: bool) -> None:
+        """Send mean(B) to B; ``full``: B is every learner that could answer (all m, or all
+        that answered when every learner was asked), so the mean becomes the reference."""
         sim = self.sim
         members = sorted(models)
         mean = torch.stack([models[i] for i in members]).mean(dim=0)
-        full = len(members) == sim.m
         if not full and self.violation_counter >= sim.m:
             self.partial_at_full_count += 1  # Algorithm 1 forbids this (v = m forces B = [m])
         payload, version = self.channel.encode_down(mean, new_base=full)

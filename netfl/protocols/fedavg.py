@@ -9,6 +9,7 @@ from (seed, t) alone, a schedule every learner knows, so it costs no message.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Literal
 
 import numpy as np
@@ -29,7 +30,8 @@ class FedAvg(StarAveraging):
 
     def __init__(self, sim, config, *, seed: int = 0) -> None:
         super().__init__(sim, config, seed=seed)
-        self.count = max(1, round(config.fraction * sim.m))
+        self.count = max(1, round(config.fraction * sim.m))  # models averaged per round
+        self.chosen = min(sim.m, math.ceil(self.count * self.overcommit - 1e-9))  # selected
 
     def syncs_at(self, rnd: int) -> bool:
         return rnd % self.config.b == 0
@@ -37,4 +39,8 @@ class FedAvg(StarAveraging):
     @functools.lru_cache(maxsize=8)  # noqa: B019 - a few recent rounds, freed with the protocol
     def uploaders(self, rnd: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, rnd])
-        return np.sort(rng.choice(self.sim.m, size=self.count, replace=False))
+        return np.sort(rng.choice(self.sim.m, size=self.chosen, replace=False))
+
+    def selection(self, rnd: int) -> tuple[np.ndarray, int]:
+        """``overcommit`` times C*m learners are asked; the first C*m models close the round."""
+        return self.uploaders(rnd), self.count

@@ -116,10 +116,13 @@ class Hierarchical(Protocol):
         self.groups = [np.flatnonzero(self.group_of == k) for k in range(len(self.nodes))]
         self.received = np.zeros(sim.m, dtype=np.int64)  # latest round whose average arrived
         self.edge_inbox: dict[tuple[int, int], list[bytes]] = {}
-        self.edge_expected: dict[tuple[int, int], int] = {}
+        self.edge_pending: dict[tuple[int, int], set[int]] = {}  # members yet to upload
+        self.edge_closed: set[tuple[int, int]] = set()
         self.cloud_inbox: dict[int, list[bytes]] = {}
-        self.cloud_expected: dict[int, int] = {}
+        self.cloud_waiting: dict[int, set[int]] = {}  # aggregators a cloud_model may come from
+        self.cloud_closed: set[int] = set()
         self.cloud_sent: dict[int, list[int]] = {}  # aggregators that sent a cloud_model
+        self.last_down: list[tuple[bytes, int] | None] = [None] * len(self.nodes)
         self._down: dict[int, list[Any]] = {}  # id(payload) -> [payload, model, receivers left]
         for name in self.counters:
             sim.counters[name] = 0
@@ -150,9 +153,25 @@ class Hierarchical(Protocol):
             payloads = wire.encode_vectors(sim.bank.flat(sim.index(senders)))
             for learner, payload in zip(senders, payloads):
                 agg = int(self.group_of[learner])
-                self.edge_expected.setdefault((agg, rnd), len(self.groups[agg]))
+                self._edge_open((agg, rnd))
                 event = sim.send("edge_model", int(learner), self.endpoints[agg], rnd, payload)
                 event.callbacks.append(self._on_edge_model)
+
+    def _edge_open(self, key: tuple[int, int]) -> None:
+        """Expect round ``rnd``'s models from the group's members that are online."""
+        if key in self.edge_pending or key in self.edge_closed:
+            return
+        members = self.groups[key[0]]
+        self.edge_pending[key] = set(members[self.sim.online[members]].tolist())
+
+    def _cloud_open(self, rnd: int) -> None:
+        """Expect a cloud_model of round ``rnd`` from every aggregator with a member online
+        or one whose round is already open."""
+        if rnd in self.cloud_waiting or rnd in self.cloud_closed:
+            return
+        online = self.sim.online
+        self.cloud_waiting[rnd] = {k for k, members in enumerate(self.groups)
+                                   if online[members].any() or (k, rnd) in self.edge_pending}
 
     def _on_edge_avg(self, event: simpy.Event) -> None:
         msg = event.value
@@ -179,38 +198,46 @@ class Hierarchical(Protocol):
     def _on_edge_model(self, event: simpy.Event) -> None:
         msg = event.value
         key = (self.index[msg.dst], msg.round)
+        if key in self.edge_closed:  # a member that came back after its group averaged
+            self.sim.counters["messages_late"] += 1
+            self._resume(msg.src, msg.round)
+            return
         self.edge_inbox.setdefault(key, []).append(msg.payload)
+        self.edge_pending[key].discard(msg.src)
         self._edge_check(key)
 
     def _edge_check(self, key: tuple[int, int]) -> None:
-        box = self.edge_inbox.get(key, [])
-        if len(box) < self.edge_expected[key]:
+        if self.edge_pending[key]:
             return
-        del self.edge_expected[key]
-        self.edge_inbox.pop(key, None)
+        del self.edge_pending[key]
+        self.edge_closed.add(key)
+        box = self.edge_inbox.pop(key, [])
         agg, rnd = key
         if not box:  # every upload was given up: no group average this round
-            if self.cloud_at(rnd):
-                self.cloud_expected.setdefault(rnd, len(self.nodes))
-                self.cloud_expected[rnd] -= 1
             self._release(agg, rnd)
             if self.cloud_at(rnd):
-                self._cloud_check(rnd)
+                self._cloud_open(rnd)
+                self._cloud_drop(rnd, agg)
             return
         mean = wire.decode_vectors(box, self.sim.bank.device).mean(dim=0)
         if not self.cloud_at(rnd):
             self.sim.counters["edge_syncs"] += 1
             self._send_down(agg, rnd, wire.encode_vector(mean))
             return
-        self.cloud_expected.setdefault(rnd, len(self.nodes))
+        self._cloud_open(rnd)
+        if rnd not in self.cloud_closed:
+            self.cloud_waiting[rnd].add(agg)
         self.cloud_sent.setdefault(rnd, []).append(agg)
         payload = _COUNT.pack(len(box)) + wire.encode_vector(mean)
         event = self.sim.send("cloud_model", self.endpoints[agg], COORDINATOR, rnd, payload)
         event.callbacks.append(self._on_cloud_model)
 
-    def _send_down(self, agg: int, rnd: int, payload: bytes) -> None:
+    def _send_down(self, agg: int, rnd: int, payload: bytes,
+                   learners: np.ndarray | None = None) -> None:
         """The round's average to every learner of the group (one decode for all of them)."""
-        learners = self.groups[agg]
+        if learners is None:
+            learners = self.groups[agg]
+            self.last_down[agg] = (payload, rnd)
         entry = self._down.setdefault(id(payload), [payload, None, 0])
         entry[2] += len(learners)
         for learner in learners:
@@ -235,15 +262,27 @@ class Hierarchical(Protocol):
 
     def _on_cloud_model(self, event: simpy.Event) -> None:
         msg = event.value
+        agg = self.index[msg.src]
+        if msg.round in self.cloud_closed:  # its group came back after the root averaged
+            self.sim.counters["messages_late"] += 1
+            self._release(agg, msg.round)
+            return
         self.cloud_inbox.setdefault(msg.round, []).append(msg.payload)
-        self._cloud_check(msg.round)
+        self._cloud_drop(msg.round, agg)
+
+    def _cloud_drop(self, rnd: int, agg: int) -> None:
+        """No (further) cloud_model of round ``rnd`` will come from ``agg``."""
+        if rnd in self.cloud_closed:
+            return
+        self.cloud_waiting[rnd].discard(agg)
+        self._cloud_check(rnd)
 
     def _cloud_check(self, rnd: int) -> None:
-        box = self.cloud_inbox.get(rnd, [])
-        if len(box) < self.cloud_expected[rnd]:
+        if self.cloud_waiting[rnd]:
             return
-        del self.cloud_expected[rnd]
-        self.cloud_inbox.pop(rnd, None)
+        del self.cloud_waiting[rnd]
+        self.cloud_closed.add(rnd)
+        box = self.cloud_inbox.pop(rnd, [])
         senders = sorted(self.cloud_sent.pop(rnd, []))
         if not box:  # nothing reached the coordinator: every waiting learner carries on
             for agg in senders:
@@ -265,16 +304,41 @@ class Hierarchical(Protocol):
     def on_lost(self, msg: Any) -> None:
         if msg.kind == "edge_model":
             key = (self.index[msg.dst], msg.round)
-            self.edge_expected[key] -= 1
-            self._edge_check(key)
+            if key in self.edge_pending:
+                self.edge_pending[key].discard(msg.src)
+                self._edge_check(key)
         elif msg.kind == "edge_avg":
             self._take_down(msg.payload)
             self._resume(msg.dst, msg.round)
         elif msg.kind == "cloud_model":
-            self.cloud_expected[msg.round] -= 1
-            self._cloud_check(msg.round)
+            self._cloud_drop(msg.round, self.index[msg.src])
         elif msg.kind == "cloud_avg":
             self._release(self.index[msg.dst], msg.round)
+
+    def on_offline(self, learners: np.ndarray) -> None:
+        """Members that went offline are no longer expected by their aggregator; an
+        aggregator left with no member online is no longer expected by the root."""
+        gone = set(learners.tolist())
+        for key in [k for k, pending in self.edge_pending.items() if pending & gone]:
+            self.edge_pending[key] -= gone
+            self._edge_check(key)
+        online = self.sim.online
+        for rnd in list(self.cloud_waiting):
+            for agg in list(self.cloud_waiting.get(rnd, ())):
+                if (agg, rnd) not in self.edge_pending and (agg, rnd) not in self.edge_closed \
+                        and not online[self.groups[agg]].any():
+                    self._cloud_drop(rnd, agg)
+
+    def on_online(self, learners: np.ndarray) -> None:
+        """A member that comes back downloads its aggregator's last average first."""
+        for learner in learners.tolist():
+            agg = int(self.group_of[learner])
+            last = self.last_down[agg]
+            if last is None:
+                continue
+            if self.wait:
+                self.sim.block(np.array([learner]))
+            self._send_down(agg, last[1], last[0], np.array([learner]))
 
 
 def assign_groups(network: Any, m: int, edges: list[Hashable] | None

@@ -28,6 +28,7 @@ option II an approximation).
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -62,6 +63,7 @@ class Scaffold(StarAveraging):
         super().__init__(sim, config, seed=seed)
         bank = sim.bank
         self.count = max(1, round(config.fraction * sim.m))
+        self.chosen = min(sim.m, math.ceil(self.count * self.overcommit - 1e-9))
         self.eta = float(bank.optimizer.lr)
         if self.eta <= 0:
             raise ValueError("scaffold: needs an optimizer learning rate > 0 (option II)")
@@ -78,10 +80,13 @@ class Scaffold(StarAveraging):
 
     @functools.lru_cache(maxsize=8)  # noqa: B019 - a few recent rounds, freed with the protocol
     def uploaders(self, rnd: int) -> np.ndarray:
-        if self.count == self.sim.m:
+        if self.chosen == self.sim.m:
             return np.arange(self.sim.m)
         rng = np.random.default_rng([self.seed, rnd])
-        return np.sort(rng.choice(self.sim.m, size=self.count, replace=False))
+        return np.sort(rng.choice(self.sim.m, size=self.chosen, replace=False))
+
+    def selection(self, rnd: int) -> tuple[np.ndarray, int]:
+        return self.uploaders(rnd), self.count
 
     # ------------------------------------------------------------- learners
 

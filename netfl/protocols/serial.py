@@ -35,8 +35,11 @@ class Serial(Protocol):
                      models_on_wire=False)
 
     def after_step(self, learners: np.ndarray, rounds: np.ndarray) -> None:
+        """Ship the batches the step just trained on: the engine's draw, not a second one."""
         sim = self.sim
         rnd = int(rounds[0])
-        x, y = sim.source.batch(None, rnd - 1)
+        if sim.drawn is None or sim.drawn[0] != rnd - 1:
+            raise RuntimeError(f"serial: the engine kept no batch of round {rnd}")
+        _, x, y = sim.drawn
         for source in range(x.shape[0]):
             sim.send("samples", source, COORDINATOR, rnd, wire.encode_samples(x[source], y[source]))

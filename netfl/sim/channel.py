@@ -24,6 +24,7 @@ from netfl.sim import wire
 
 if TYPE_CHECKING:
     from netfl.learning.bank import LearnerBank
+    from netfl.observers import Observers
 
 _FRAME = struct.Struct("<II")  # base version, number of layer blobs
 _LENGTH = struct.Struct("<I")
@@ -53,8 +54,9 @@ class Channel:
 
     def __init__(self, bank: LearnerBank, *, uplink: Codec | None = None,
                  downlink: Codec | None = None, base: torch.Tensor | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, observers: Observers | None = None) -> None:
         self.bank = bank
+        self.observers = observers  # told each update sent up (Observer.on_upload)
         self.uplink, self.downlink = uplink, downlink
         device = bank.device
         start = bank.flat()[0].clone() if base is None else base.to(device)
@@ -70,6 +72,10 @@ class Channel:
 
     def encode_up(self, learners: np.ndarray, models: torch.Tensor) -> list[bytes]:
         """Payloads for the rows of models [k, P], one per learner."""
+        if self.observers is not None and self.observers.listening("on_upload"):
+            for learner, model in zip(learners, models):
+                base = self.bases[int(self.learner_version[learner])]
+                self.observers.upload(int(learner), model - base)
         if self.uplink is None:
             return wire.encode_vectors(models)
         payloads = []

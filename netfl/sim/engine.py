@@ -11,13 +11,14 @@ messages arrived at slightly different instants.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import simpy
 import torch
 
+from netfl.observers import Observer, Observers
 from netfl.sim import wire
 from netfl.sim.channel import Channel
 from netfl.sim.instant import AfterNormal
@@ -96,9 +97,8 @@ class Simulation:
         horizon_time: float | None,
         eval_every: int,
         eval_local: bool,
-        on_round: Callable[[dict[str, Any]], None] | None = None,
-        on_learners: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
-        on_event: Callable[[dict[str, Any]], None] | None = None,
+        divergence_every: int = 1,
+        observers: Iterable[Observer] = (),
         batches_per_step: int = 1,
         uplink: Codec | None = None,
         downlink: Codec | None = None,
@@ -119,15 +119,17 @@ class Simulation:
         )
         self.eval_every = eval_every
         self.eval_local = eval_local
-        self.on_round = on_round
-        self.on_learners = on_learners
-        self.on_event = on_event
-        self.observers: list[Callable[[Simulation, int], None]] = []  # probes: read, never write
+        self.divergence_every = divergence_every  # eval.divergence_every: rows with the value
+        self.observers = Observers(self, observers)  # read, never write (netfl.observers)
         self.events: list[dict[str, Any]] = []
 
         self.due = self.durations.copy()  # tick at which each learner's current step completes
         self.rounds_done = np.zeros(self.m, dtype=np.int64)
         self.blocked = np.zeros(self.m, dtype=bool)
+        self.online = np.ones(self.m, dtype=bool)  # learners.availability turns learners off
+        self.availability = False  # set by set_online: rows then skip offline learners
+        self.dropouts = 0  # times a learner went offline
+        self.track_availability = False  # learners.availability is on: rows say who is online
         self.finished = np.zeros(self.m, dtype=bool)
         self.log = RoundLog()
         self.rows_emitted = 0
@@ -140,6 +142,9 @@ class Simulation:
         network.on_lost = self.on_lost
         network.on_idle = self.check_quiet
         self._all_idx = torch.arange(self.m, device=bank.device)
+        # serial: (round, x, y) of the last batch drawn, as the source gave it; the protocol
+        # ships these samples instead of drawing them a second time
+        self.drawn: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.protocol = protocol_factory(self)
 
     # ------------------------------------------------------------ protocol API
@@ -152,7 +157,7 @@ class Simulation:
     def make_channel(self, *, base: torch.Tensor | None = None, seed: int = 0) -> Channel:
         """A model channel with this run's codecs (full float32 models when none are set)."""
         return Channel(self.bank, uplink=self.uplink, downlink=self.downlink, base=base,
-                       seed=seed)
+                       seed=seed, observers=self.observers)
 
     def deliver(self, learner: int, model: torch.Tensor) -> None:
         """Queue a received model; applied in one batched assign before the learner next steps."""
@@ -174,11 +179,41 @@ class Simulation:
         if not self._wake.triggered:
             self._wake.succeed()
 
+    def set_online(self, learners: np.ndarray, online: bool) -> None:
+        """Learners go offline (they stop training, their messages are lost and the
+        protocol is told) or come back: at the next tick boundary, at the round the metrics
+        have reached (rounds missed while away are skipped), with whatever the protocol's
+        ``on_online`` sends them."""
+        learners = np.asarray(learners, dtype=np.int64)
+        learners = learners[self.online[learners] != online]
+        if not len(learners):
+            return
+        self.availability = True
+        self.online[learners] = online
+        if not online:
+            self.dropouts += len(learners)
+            self.protocol.on_offline(learners)
+            for learner in learners.tolist():
+                self.network.set_endpoint(learner, False)
+            self._emit_rows()  # rows waiting only for these learners are complete now
+        else:
+            for learner in learners.tolist():
+                self.network.set_endpoint(learner, True)
+            start = math.ceil(self.env.now / self.tick - _EPS)
+            self.rounds_done[learners] = np.maximum(self.rounds_done[learners],
+                                                    self.rows_emitted)
+            self.blocked[learners] = False
+            self.due[learners] = start + self.durations[learners]
+            self.protocol.on_online(learners)
+        if not self._wake.triggered:
+            self._wake.succeed()
+
     # ------------------------------------------------------------- the loop
 
     def run(self) -> None:
         """Run to the horizon: all rounds done and the network drained, or the time limit
         (then the run ends at that instant, whatever is still in flight)."""
+        self.observers.start()
         self.protocol.start()
         self.env.process(self._loop())
         if self.horizon_time is not None:
@@ -217,7 +252,7 @@ class Simulation:
     def _loop(self):
         while True:
             self._retire()
-            active = ~self.blocked & ~self.finished
+            active = ~self.blocked & ~self.finished & self.online
             if not active.any():
                 if self.finished.all():
                     self.check_quiet()
@@ -240,6 +275,8 @@ class Simulation:
         """Mark learners that reached the horizon; they take no further steps."""
         if self.horizon_rounds is not None:
             self.finished |= self.rounds_done >= self.horizon_rounds
+            if self.availability and self.rows_emitted >= self.horizon_rounds:
+                self.finished |= ~self.online  # every row is written: nothing to wait for
         if self.horizon_ticks is not None:
             self.finished |= ~self.blocked & (self.due > self.horizon_ticks)
 
@@ -252,8 +289,7 @@ class Simulation:
         self.rounds_done[learners] += 1
         self.due[learners] = tick + self.durations[learners]
         self.log.add(rounds, loss, samples)
-        if self.on_learners is not None:
-            self.on_learners(tick, learners, loss)
+        self.observers.steps(tick, learners, loss)
         self.protocol.after_step(learners, self.rounds_done[learners])
         self._emit_rows()
 
@@ -262,8 +298,7 @@ class Simulation:
         """Stop at the first non-finite loss or parameter, before the protocol sends it."""
         bad = ~np.isfinite(loss)
         if not bad.any():
-            finite = torch.isfinite(self.bank.flat(idx)).all(dim=1).cpu().numpy()
-            bad = ~finite
+            bad = ~self.bank.finite(idx)
         if bad.any():
             rows = learners if len(bad) == len(learners) else learners[:1]
             raise DivergedError.at(int(rounds.min()) + 1, rows[bad[:len(rows)]])
@@ -281,6 +316,7 @@ class Simulation:
             return loss, np.full(len(learners), y.shape[1], dtype=np.int64)
         # serial: one learner takes the batches of every source in turn
         x, y = self.source.batch(None, int(rounds[0]))
+        self.drawn = (int(rounds[0]), x, y)
         x, y = x.to(self.bank.device), y.to(self.bank.device)
         total = torch.zeros((), device=self.bank.device)
         for j in range(x.shape[0]):
@@ -304,8 +340,15 @@ class Simulation:
     # ------------------------------------------------------------- metrics
 
     def _emit_rows(self) -> None:
+        """Write every round's row that all learners have finished; an offline learner
+        that has not reached a round does not hold its row back."""
         finished = self.log.finished
-        while self.rows_emitted < len(finished) and finished[self.rows_emitted] >= self.m:
+        while self.rows_emitted < len(finished):
+            done = finished[self.rows_emitted]
+            if 0 < done < self.m and self.availability:
+                done += int((~self.online & (self.rounds_done <= self.rows_emitted)).sum())
+            if done < self.m:
+                break
             self._emit(self.rows_emitted)
             self.rows_emitted += 1
 
@@ -320,8 +363,7 @@ class Simulation:
                    "concept_to": event.concept_to}
             self.counters["drifts"] += 1
             self.events.append(row)
-            if self.on_event is not None:
-                self.on_event(row)
+            self.observers.event(row)
 
     def _emit(self, r: int) -> None:
         self._record_drifts(r)
@@ -341,18 +383,32 @@ class Simulation:
             "bytes_peer": net.bytes_peer,
             "retransmissions": net.retransmissions,
             "messages_lost": net.messages_lost,
-            "divergence": self.bank.divergence() if self.m > 1 else 0.0,
+            **self._divergence_cell(r),
             **self.counters,
         }
+        if self.track_availability:
+            row["learners_online"] = int(self.online.sum())
+            row["dropouts"] = self.dropouts
         for kind in self.protocol.message_kinds:
             row[f"bytes_{kind}"] = net.bytes_by_kind.get(kind, 0)
         if (r + 1) % self.eval_every == 0 or (r + 1) == self.horizon_rounds:
             row.update(self.evaluate())
         self.last_row = row
-        if self.on_round is not None:
-            self.on_round(row)
-        for observe in self.observers:
-            observe(self, r + 1)
+        self.observers.round(row)
+
+    @property
+    def extra_columns(self) -> list[str]:
+        """Engine columns beyond the base ones: availability's, when it is on."""
+        return ["learners_online", "dropouts"] if self.track_availability else []
+
+    def _divergence_cell(self, r: int) -> dict[str, float]:
+        """The divergence, exact, on every ``divergence_every``-th row and the last; other
+        rows leave the cell empty (it reads all m x P parameters)."""
+        if self.m == 1:
+            return {"divergence": 0.0}
+        if (r + 1) % self.divergence_every and (r + 1) != self.horizon_rounds:
+            return {}
+        return {"divergence": self.bank.divergence()}
 
     @property
     def eval_columns(self) -> list[str]:

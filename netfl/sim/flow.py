@@ -201,28 +201,39 @@ class FlowSharing:
 
     def abort(self, link: Link) -> None:
         """``link`` failed: every flow routed over it is lost (its sender resends later)."""
-        now = self.env.now
         for flow in sorted(link.members):
-            if flow.phase == _DONE:
-                continue
-            if flow.phase == _SHARING:
-                moved = flow.rate * (now - flow.updated)
-                if flow.bottleneck is not None:
-                    flow.bottleneck.delay += now - flow.updated
-                untransferred = max(flow.remaining - moved, 0.0) / 8
-                for other in flow.links:
-                    other.flows.discard(flow)
-                    other.release(now)
-                    self._touched.add(other)
-            else:
-                untransferred = flow.transit.msg.size
-            for other in flow.links:
-                other.members.discard(flow)
-                other.bytes -= round(untransferred)
-            flow.phase = _DONE
-            flow.version += 1
-            self.network.lost(flow.transit)
+            if flow.phase != _DONE:
+                self._stop(flow)
+                self.network.lost(flow.transit)
         self._schedule_flush()
+
+    def cancel(self, transit: Transit) -> None:
+        """Stop ``transit``'s flow for good (an endpoint went offline): no resend follows.
+        Links keep the bytes that moved before now, as when a link fails."""
+        flow = transit.flow
+        if flow is not None and flow.phase != _DONE:
+            self._stop(flow)
+            self._schedule_flush()
+
+    def _stop(self, flow: Flow) -> None:
+        """End ``flow`` now; each of its links is charged only the bytes that moved."""
+        now = self.env.now
+        if flow.phase == _SHARING:
+            moved = flow.rate * (now - flow.updated)
+            if flow.bottleneck is not None:
+                flow.bottleneck.delay += now - flow.updated
+            untransferred = max(flow.remaining - moved, 0.0) / 8
+            for other in flow.links:
+                other.flows.discard(flow)
+                other.release(now)
+                self._touched.add(other)
+        else:
+            untransferred = flow.transit.msg.size
+        for other in flow.links:
+            other.members.discard(flow)
+            other.bytes -= round(untransferred)
+        flow.phase = _DONE
+        flow.version += 1
 
     # -- one instant at a time --------------------------------------------------------------------
 

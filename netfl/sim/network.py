@@ -17,6 +17,14 @@ moment, charged again. A link that fails aborts the flows routed over it, which
 are resent the same way. A sender with no route to its destination keeps the
 message until a route comes back; ``give_up`` seconds after the first send an
 undelivered message is dropped and the protocol is told (``on_lost``).
+
+Endpoints can go offline (``set_endpoint``: a phone that stops being available).
+Messages to or from an offline endpoint are lost at once: one on the wire is cut
+(its links keep the bytes moved so far, as when a link fails; the sender's
+counters keep what it put on the wire, as for every attempt), one waiting for a
+route or a resend is dropped, and one sent while an end is offline never leaves
+(no bytes: the connection cannot open). Each is counted in ``messages_lost`` and
+reported through ``on_lost`` after the current instant's callbacks.
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ class Transit:
     """A message on its way: route, attempts, and the event to fire on arrival."""
 
     __slots__ = ("msg", "src_node", "dst_node", "route", "done", "seq", "attempts", "hop",
-                 "hop_since", "resend", "flow", "stranded", "charged")
+                 "hop_since", "resend", "flow", "stranded", "charged", "cancelled")
 
     def __init__(self, msg: Message, src_node: Hashable, dst_node: Hashable,
                  route: tuple[Link, ...], done: simpy.Event, seq: int):
@@ -74,6 +82,7 @@ class Transit:
         self.resend = False
         self.flow = None
         self.stranded = False
+        self.cancelled = False  # dropped while on the wire (an endpoint went offline)
 
 
 class Network:
@@ -150,6 +159,7 @@ class Network:
         self.failures_possible = False
         self._stranded: list[Transit] = []
         self._in_flight: dict[int, Transit] = {}
+        self._offline: set[Hashable] = set()
         self._seq = itertools.count()
         self.reset_counters()
 
@@ -266,6 +276,11 @@ class Network:
         self.messages += 1
         self.messages_by_kind[msg.kind] = self.messages_by_kind.get(msg.kind, 0) + 1
         done = self.env.event()
+        if self._offline and (msg.src in self._offline or msg.dst in self._offline):
+            transit = Transit(msg, None, None, (), done, next(self._seq))
+            self._in_flight[transit.seq] = transit
+            self.env.timeout(0, transit).callbacks.append(self._drop_now)
+            return done
         if route is not None and not route:
             self._charge(msg, msg.size)
             msg.delivered_at = self.env.now
@@ -335,6 +350,8 @@ class Network:
 
     def _resend(self, event: simpy.Event) -> None:
         transit: Transit = event.value
+        if transit.cancelled:
+            return
         if self._expired(transit):
             self._drop(transit)
             return
@@ -362,6 +379,9 @@ class Network:
             transit.stranded = False
             self._stranded.remove(transit)
             self._drop(transit)
+
+    def _drop_now(self, event: simpy.Event) -> None:
+        self._drop(event.value)
 
     def _drop(self, transit: Transit) -> None:
         msg = transit.msg
@@ -402,6 +422,30 @@ class Network:
             raise ValueError(f"no node {node!r} in the network")
         self._node_down[node] = self._node_down.get(node, 0) + (-1 if up else 1)
         self._update_links([(node, other) for other in self.graph[node]])
+
+    def set_endpoint(self, endpoint: Hashable, online: bool) -> None:
+        """Take an endpoint offline (its messages are lost, see the module docstring) or
+        bring it back (new messages go as usual)."""
+        self.node_of(endpoint)
+        if online:
+            self._offline.discard(endpoint)
+            return
+        if endpoint in self._offline:
+            return
+        self._offline.add(endpoint)
+        cut = [t for t in self._in_flight.values()
+               if (t.msg.src == endpoint or t.msg.dst == endpoint) and not t.cancelled]
+        for transit in cut:
+            transit.cancelled = True
+            if transit.stranded:
+                transit.stranded = False
+                self._stranded.remove(transit)
+            elif self.model == "flow":
+                self.transport.cancel(transit)
+            self.env.timeout(0, transit).callbacks.append(self._drop_now)
+
+    def is_online(self, endpoint: Hashable) -> bool:
+        return endpoint not in self._offline
 
     def _update_links(self, edges: list[tuple[Hashable, Hashable]]) -> None:
         self.failures_possible = True

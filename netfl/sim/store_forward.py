@@ -59,7 +59,8 @@ class StoreAndForward:
         if len(pending) > 1:
             pending.sort(key=_seq_of)
         for transit in pending:
-            self._transmit(transit)
+            if not transit.cancelled:  # an endpoint went offline: the message is gone
+                self._transmit(transit)
 
     def _transmit(self, transit: Transit) -> None:
         """Put the message on its current link behind what is already queued there."""
@@ -87,6 +88,8 @@ class StoreAndForward:
     def _arrive(self, event: simpy.Event) -> None:
         """The message reached the far end of a link: deliver it or forward it."""
         transit: Transit = event.value
+        if transit.cancelled:
+            return
         now = self.env.now
         transit.route[transit.hop].delay += now - transit.hop_since
         transit.hop += 1

@@ -304,8 +304,12 @@ def load_graph(path: str | Path) -> nx.Graph:
             g = reader(path)
         except (OSError, UnicodeDecodeError) as err:
             raise TopologyError(f"cannot read: {err}") from None
+        loops = list(nx.selfloop_edges(g))
+        if loops:
+            raise TopologyError(f"link ({loops[0][0]}, {loops[0][1]}) is a self-loop")
         for u, v, data in g.edges(data=True):
             _convert_link_attrs(u, v, data)
+            _check_link(u, v, data)  # here, so that the error names the file
             if "tier" in data and data["tier"] not in TIERS:
                 raise TopologyError(
                     f"link ({u}, {v}): tier must be 'access' or 'core', got {data['tier']!r}"
@@ -385,8 +389,10 @@ def _node(token: str) -> Hashable:
 
 
 def _read_yaml(path: Path) -> nx.Graph:
+    from netfl.scenario import LimitedLoader  # aliases expanded with a size limit
+
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.load(path.read_text(), Loader=LimitedLoader)  # noqa: S506  (a SafeLoader)
     except yaml.YAMLError as err:
         raise TopologyError(f"not valid YAML: {err}") from None
     if not isinstance(doc, dict):
@@ -479,13 +485,25 @@ def _convert_link_attrs(u: Hashable, v: Hashable, data: dict[str, Any]) -> None:
                 raise TopologyError(f"link ({u}, {v}): {name}: {err}") from None
 
 
-def _check_link(u: Hashable, v: Hashable, data: dict[str, float]) -> None:
+MIN_BANDWIDTH = 1.0  # bit/s: below, one model's transfer outlasts any simulated clock
+MAX_LATENCY = 1e6  # s (11.6 days): keeps every event time within the engine's tick counter
+
+
+def _check_link(u: Hashable, v: Hashable, data: Mapping[str, float]) -> None:
+    """The link attributes present in ``data`` are finite and in range."""
     for name in ("bandwidth", "reverse_bandwidth"):
-        if not (data[name] > 0 and math.isfinite(data[name])):
-            raise TopologyError(f"link ({u}, {v}): {name} must be > 0, got {data[name]:g}")
-    latency, loss = data["latency"], data["loss"]
-    if not (latency >= 0 and math.isfinite(latency)):
+        rate = data.get(name, MIN_BANDWIDTH)
+        if not rate > 0:
+            raise TopologyError(f"link ({u}, {v}): {name} must be > 0, got {rate:g}")
+        if not MIN_BANDWIDTH <= rate < math.inf:
+            raise TopologyError(f"link ({u}, {v}): {name} must be > 0 and finite, at least "
+                                f"{MIN_BANDWIDTH:g} bit/s, got {rate:g}")
+    latency, loss = data.get("latency", 0.0), data.get("loss", 0.0)
+    if not latency >= 0:
         raise TopologyError(f"link ({u}, {v}): latency must be >= 0, got {latency:g}")
+    if not latency <= MAX_LATENCY:
+        raise TopologyError(f"link ({u}, {v}): latency must be >= 0 and at most "
+                            f"{MAX_LATENCY:g} s, got {latency:g}")
     if not 0 <= loss < 1:
         raise TopologyError(f"link ({u}, {v}): loss must be in [0, 1), got {loss:g}")
 
@@ -636,6 +654,9 @@ def place(
     *,
     coordinator: Hashable | None = None,
     learners: list[Hashable] | None = None,
+    coordinator_key: str = "coordinator",
+    learners_key: str = "learners",
+    graph_key: str | None = None,
 ) -> tuple[Hashable, list[Hashable]]:
     """The coordinator's node and the nodes of learners 0..m-1.
 
@@ -646,13 +667,19 @@ def place(
     hierarchy), else over all non-coordinator nodes (a ring, a line, a random
     graph whose few degree-1 nodes would pile learners up); several learners
     may share a node. Explicit
-    ``learners`` lists m nodes, or fewer that are cycled.
+    ``learners`` lists m nodes, or fewer that are cycled. Errors name ``coordinator_key``,
+    ``learners_key`` and ``graph_key`` (the keys the user wrote, e.g. ``network.placement``).
     """
+    head = f"{graph_key}: " if graph_key else ""
     if g.number_of_nodes() == 0:
-        raise TopologyError("network has no nodes")
+        raise TopologyError(f"{head}network has no nodes")
     if not nx.is_connected(g):
         count = nx.number_connected_components(g)
-        raise TopologyError(f"network is disconnected: {count} components")
+        parts = sorted(nx.connected_components(g), key=len)
+        example = sorted(parts[0], key=node_key)[:5]
+        raise TopologyError(f"{head}network is disconnected: {count} components (e.g. nodes "
+                            f"{', '.join(map(repr, example))} reach no other node); every "
+                            "learner needs a route to the coordinator")
     if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 0:
         raise TopologyError(f"number of learners must be an integer >= 0, got {m!r}")
     if coordinator is None:
@@ -660,16 +687,17 @@ def place(
     if coordinator is None:
         coordinator = most_central(g)
     elif coordinator not in g:
-        raise TopologyError(f"coordinator: unknown node {coordinator!r}")
+        raise TopologyError(f"{coordinator_key}: unknown node {coordinator!r}")
     if learners is None:
         pool = _default_learner_nodes(g, coordinator)
     else:
         pool = list(learners)
-        for node in pool:
+        for i, node in enumerate(pool):
             if node not in g:
-                raise TopologyError(f"learners: unknown node {node!r}")
+                raise TopologyError(f"{learners_key}: unknown node {node!r} (entry {i})")
         if len(pool) > m or (m and not pool):
-            raise TopologyError(f"learners: expected 1 to {m} nodes, got {len(pool)}")
+            raise TopologyError(f"{learners_key}: expected 1 to {m} nodes, got {len(pool)} "
+                                "(one per learner, or fewer that are cycled)")
     return coordinator, [pool[i % len(pool)] for i in range(m)]
 
 
