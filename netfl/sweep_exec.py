@@ -193,9 +193,20 @@ def _future_outcome(future: Future, run_dir: Path, interrupted: bool) -> Outcome
         return {"status": "failed", "summary": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def _worker_context() -> Any:
+    """forkserver with netfl (and torch) preloaded where the platform has it: each worker is
+    forked from a server that imported them once, before any thread started, so it skips
+    the seconds a spawned interpreter spends importing torch; spawn elsewhere."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["netfl.api", "netfl.sweep_exec"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 def _processes(jobs: list[Job], record: Callable[[int, Outcome], None], workers: int) -> bool:
     """Runs in `workers` processes at a time; True when Ctrl-C stopped them."""
-    context = multiprocessing.get_context("spawn")
+    context = _worker_context()
     stop = context.Event()
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(stop,),
                                mp_context=context)

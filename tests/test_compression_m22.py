@@ -13,7 +13,7 @@ from scipy import optimize, stats
 
 from netfl.compression import CodecError, choose_m, empirical, fitting, get, lloyd, positions
 from netfl.compression.bits import Reader, packed_len, unpack_codes, varint_len
-from netfl.compression.codec import message_bytes
+from netfl.compression.codec import allocate_bits, message_bytes
 from netfl.compression.m22 import AUTO_R
 
 # ---- quantizer design ---------------------------------------------------------------------
@@ -433,6 +433,73 @@ def test_encode_update_keeps_the_message_within_budget():
     assert [o.shape for o in out] == [t.shape for t in layers]
     with pytest.raises(CodecError, match="budget_bits"):
         get("m22", budget_bits=100).encode_update(layers)
+
+
+# ---- allocation of an update's budget over its layers ------------------------------------
+
+
+def kept_count(blob: bytes) -> int:
+    """k of a 1-D layer's encoding: ndim, n, then k (varints)."""
+    r = Reader(blob)
+    assert r.u8() == 1
+    r.varint()
+    return r.varint()
+
+
+def update_distortion(layers, decoded, M: float) -> float:
+    num = sum(float(((x.double().abs() ** M) * (y.double() - x.double()) ** 2).sum())
+              for x, y in zip(layers, decoded, strict=True))
+    den = sum(float((x.double().abs() ** (M + 2)).sum()) for x in layers)
+    return num / den
+
+
+def test_allocation_gives_the_small_high_energy_layer_its_entries():
+    """A 20,000-entry layer of small values and a 10-entry one 100x larger (most of the
+    |g|^M-weighted energy, as an output bias early in training) at 0.5 bits per entry: the
+    size-proportional split leaves the small layer its minimum encoding (no entry kept);
+    M22's allocation keeps all 10, spends the budget, and loses far less of its objective."""
+    rng = np.random.default_rng(12)
+    layers = [torch.from_numpy((rng.standard_normal(20_000) * 1e-3).astype(np.float32)),
+              torch.from_numpy((rng.standard_normal(10) * 1e-1).astype(np.float32))]
+    budget = 10_005
+    codec = get("m22", budget_bits=budget, M=2)
+    shares = codec.split_budget([tuple(t.shape) for t in layers])  # size-proportional
+    proportional = [get("m22", budget_bits=b, M=2).encode(t) for t, b in zip(layers, shares)]
+    assert kept_count(proportional[1]) == 0
+    blobs = codec.encode_update(layers)
+    assert kept_count(blobs[1]) == 10
+    assert budget >= 8 * message_bytes(blobs) >= 0.98 * budget  # spends it, never over
+    ours = update_distortion(layers, codec.decode_update(blobs), 2.0)
+    theirs = update_distortion(layers, [codec.decode(b) for b in proportional], 2.0)
+    assert theirs > 0.9  # the bias is most of the objective: nearly all lost
+    assert ours < 0.05 * theirs
+
+
+def test_allocate_bits_takes_the_best_gain_per_bit_first():
+    """Two convex curves: segments are taken by distortion saved per bit while they fit;
+    the rest goes to the layer whose best segment did not fit; never more than `extra`."""
+    a = (np.array([0, 10, 30]), np.array([100.0, 40.0, 30.0]))  # gains 6, then 0.5 per bit
+    b = (np.array([0, 20, 40]), np.array([50.0, 10.0, 0.0]))  # gains 2, then 0.5 per bit
+    assert allocate_bits([a, b], 30) == [10, 20]
+    assert allocate_bits([a, b], 25) == [10, 15]  # b's first segment does not fit: b gets 15
+    assert allocate_bits([a, b], 100) == [30 + 30, 40]  # both saturated: a has most left
+    dominated = (np.array([0, 8, 10, 30]), np.array([100.0, 100.0, 40.0, 30.0]))
+    assert allocate_bits([dominated, b], 30) == [10, 20]  # a point above the hull is ignored
+    assert allocate_bits([], 5) == []
+
+
+def test_vectorized_rate_control_counts_equal_choose_k():
+    """M22's one-pass search for every R's k (pick_R, rate_curve) returns exactly
+    sparse.largest_k's counts."""
+    rng = np.random.default_rng(13)
+    for n, min_size, k in ((10, 0, None), (4096, 0, 0.3), (51_200, 1000, None), (777, 1000, 5)):
+        codec = get("m22", budget_bits=10**9, min_size=min_size, k=k)
+        lo = 8 * codec.cost_bound(n, 0)
+        for budget in rng.integers(lo, lo + 20 * n + 100, 12):
+            ks = codec._choose_ks(n, int(budget), AUTO_R)
+            for R, got in zip(AUTO_R, ks, strict=True):
+                codec._active_R = R
+                assert got == codec.choose_k(n, int(budget))
 
 
 # ---- fits --------------------------------------------------------------------------------

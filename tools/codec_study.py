@@ -18,8 +18,9 @@ Laplace, generalized normal (beta 0.5 and 1.5) and Student-t (3) samples of 100,
 entries, and real updates recorded from this study's run
 (the 64-64 MLP's whole update, coded layer by layer as in a run, early and late in
 training) and from a wider 512-256 MLP (its 131,072-entry middle layer). M22 appears with
-its seed design (generalized normal fitted to the kept values, R = 2: the codec before
-issue #13) and its current one (levels designed on the kept values, R chosen per budget).
+its seed design (generalized normal fitted to the kept values, R = 2, the budget split over
+layers by size: the codec before issue #13) and its current one (levels designed on the kept
+values, R chosen per layer, the update's budget allocated over layers by the objective).
 Prints a Markdown table, the winner of each cell, and writes distortion.csv.
 """
 

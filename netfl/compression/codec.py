@@ -17,7 +17,8 @@ Non-finite input: `none` sends NaN/Inf bit-exactly; every other codec raises Cod
 
 Budgets: `budget_bits` bounds 8*len(encode(x)) for one tensor. In `encode_update` it bounds
 the whole update (the message payload, sum of 8*len over the layers): it is split over the
-layers in proportion to their sizes after each layer got its minimum encoding.
+layers in proportion to their sizes after each layer got its minimum encoding (M22 instead
+allocates the rest by its own distortion estimate: `layer_budgets`, `allocate_bits`).
 """
 
 from __future__ import annotations
@@ -286,6 +287,14 @@ class Codec:
             return [m + extra // max(1, len(mins)) for m in mins]
         return [m + extra * size // total for m, size in zip(mins, sizes, strict=True)]
 
+    def layer_budgets(
+        self, xs: Sequence[np.ndarray], shapes: Sequence[tuple[int, ...]]
+    ) -> list[int] | None:
+        """Per-layer budgets of one update, given the flat values each layer will encode
+        (error-feedback memory included). The default ignores the values: split_budget.
+        A codec that can estimate its own distortion (M22) allocates by it instead."""
+        return self.split_budget(shapes)
+
     def encode_update(
         self, layers: Sequence[Tensor | np.ndarray], state: CodecState | None = None
     ) -> list[bytes]:
@@ -294,10 +303,8 @@ class Codec:
         if self.error_feedback and state is None:
             raise CodecError(f"{self.name}: error_feedback=True needs a CodecState")
         shapes = [shape_of(t) for t in layers]
-        budgets = self.split_budget(shapes) or [None] * len(layers)
-        rng = state.rng if state is not None and state.rng is not None else None
-        blobs = []
-        for i, (layer, shape, budget) in enumerate(zip(layers, shapes, budgets, strict=True)):
+        xs = []
+        for i, layer in enumerate(layers):
             x = as_array(layer)
             if self.error_feedback:
                 memory = state.residuals.get(i)
@@ -308,6 +315,11 @@ class Codec:
                             f"has {memory.size}; reset the CodecState when the model changes"
                         )
                     x = x + memory
+            xs.append(x)
+        budgets = self.layer_budgets(xs, shapes) or [None] * len(layers)
+        rng = state.rng if state is not None and state.rng is not None else None
+        blobs = []
+        for i, (x, shape, budget) in enumerate(zip(xs, shapes, budgets, strict=True)):
             blob = self._encode(x, shape, budget, rng)
             if self.error_feedback:
                 decoded, _ = self._decode(blob)
@@ -330,6 +342,61 @@ class Codec:
             "lossless": self.lossless,
             "error_feedback": self.error_feedback,
         }
+
+
+def allocate_bits(curves: Sequence[tuple[np.ndarray, np.ndarray]], extra: int) -> list[int]:
+    """Bits per layer, summing to at most `extra`, that greedily minimize the sum of the
+    layers' distortion estimates. curves[i] = (bits, distortion) of layer i's options, bits
+    beyond its minimum encoding (a point at 0 bits included).
+
+    Marginal-gain allocation on each curve's lower convex hull: hull segments of every layer
+    are taken in order of distortion saved per bit while they fit (the Lagrangian solution at
+    the hull's vertices). The bits left over go to the layer whose next segment was the best
+    one that did not fit, or, when every layer reached its hull's end, to the layer with the
+    most estimated distortion left."""
+    hulls = [_lower_hull(np.asarray(b, float), np.asarray(d, float)) for b, d in curves]
+    segments = []
+    for i, (bits, dist) in enumerate(hulls):
+        steps = np.diff(bits)
+        gains = -np.diff(dist) / steps
+        segments += [(float(g), i, int(s)) for g, s in zip(gains, steps, strict=True)]
+    segments.sort(key=lambda seg: -seg[0])  # stable: a layer's segments stay in hull order
+    given = [0] * len(curves)
+    blocked: list[int] = []
+    left = int(extra)
+    for _, i, step in segments:
+        if i in blocked:
+            continue
+        if step <= left:
+            given[i] += step
+            left -= step
+        else:
+            blocked.append(i)
+    if curves:
+        if blocked:
+            given[blocked[0]] += left
+        else:
+            given[max(range(len(hulls)), key=lambda i: hulls[i][1][-1])] += left
+    return given
+
+
+def _lower_hull(bits: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices of the lower convex hull of the points no cheaper point beats (bits strictly
+    increasing, distortion strictly decreasing), from the cheapest point."""
+    order = np.lexsort((dist, bits))
+    bits, dist = bits[order], dist[order]
+    best_before = np.concatenate([[np.inf], np.minimum.accumulate(dist)[:-1]])
+    keep = dist < best_before
+    hull: list[tuple[float, float]] = []
+    for point in zip(bits[keep].tolist(), dist[keep].tolist(), strict=True):
+        while len(hull) >= 2:
+            (x0, y0), (x1, y1) = hull[-2], hull[-1]
+            if (x1 - x0) * (point[1] - y0) - (y1 - y0) * (point[0] - x0) > 0:
+                break  # a left turn: hull[-1] stays a vertex
+            hull.pop()
+        hull.append(point)
+    xs, ys = zip(*hull, strict=True)
+    return np.array(xs), np.array(ys)
 
 
 def message_bytes(blobs: Sequence[bytes]) -> int:

@@ -16,7 +16,9 @@ iteration stops exactly when no point changes cell; cumulative sums make one ste
 for L levels and P points (P is at most a few thousand whatever the layer's size). The start
 is the high-resolution optimum (Panter-Dite: point density proportional to (|x|^M f)^(1/3)),
 written for log-spaced bins. `top` keeps the k largest entries of a histogram, which lets
-rate control (m22.py's R = "auto") compare every split of a budget from one histogram.
+rate control (m22.py's R = "auto") compare every split of a budget from one histogram;
+`top_sums` gives the kept entries' power sums for many k at once (M22's allocation of an
+update's budget over its layers).
 `pack_table` / `read_table` put the levels on the wire: the top one as float32, the others
 as 16-bit log offsets below it (relative step 0.034%).
 """
@@ -114,6 +116,25 @@ def top(h: Histogram, k: int) -> tuple[Histogram, Histogram]:
     rest = h.counts[: start + 1].copy()
     rest[-1] -= taken
     return Histogram(h.mags[start:], kept), Histogram(h.mags[: start + 1], rest)
+
+
+def top_sums(h: Histogram, ks: np.ndarray, powers: tuple[float, ...]) -> np.ndarray:
+    """sum of |x|^power over the k largest entries, for every k in `ks` (rows) and power
+    (columns); the bin holding the k-th largest entry counts in part, as in `top`. Rate
+    allocation (m22.py) reads a layer's whole distortion-rate curve off these sums."""
+    counts, mags = h.counts[::-1], h.mags[::-1]  # largest first
+    from_top = np.concatenate([[0.0], np.cumsum(counts)])
+    k = np.minimum(np.asarray(ks, dtype=np.float64), from_top[-1])
+    if mags.size == 0:
+        return np.zeros((k.size, len(powers)))
+    i = np.clip(np.searchsorted(from_top, k, side="left") - 1, 0, mags.size - 1)
+    part = k - from_top[i]  # entries of bin i kept
+    out = np.empty((k.size, len(powers)))
+    for col, power in enumerate(powers):
+        values = mags**power
+        full = np.concatenate([[0.0], np.cumsum(counts * values)])
+        out[:, col] = full[i] + part * values[i]
+    return out
 
 
 @dataclass(frozen=True)

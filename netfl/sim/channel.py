@@ -64,7 +64,9 @@ class Channel:
         self.version = 0  # newest base the coordinator has sent
         self.learner_version = np.zeros(bank.m, dtype=np.int64)
         seeds = np.random.SeedSequence(seed).generate_state(bank.m)
-        self.states = [CodecState(seed=int(s)) for s in seeds]
+        # one codec state per learner only where an uplink codec keeps state (error feedback,
+        # its own draws): full models need none, and 100k idle states cost ~70 MB
+        self.states = [] if uplink is None else [CodecState(seed=int(s)) for s in seeds]
         self.down_state = CodecState(seed=seed)
         self._decoded: tuple[bytes, torch.Tensor] | None = None  # the last payload sent down
 

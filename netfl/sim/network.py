@@ -145,6 +145,7 @@ class Network:
         self.on_message = on_message
         self.on_idle: Callable[[], None] | None = None  # called when nothing is in flight
         self._links = read_links(graph)
+        self._link_order: list[Link] | None = None
         self.placement = dict(placement)
         for endpoint, node in self.placement.items():
             if node not in graph:
@@ -215,8 +216,10 @@ class Network:
     def link_stats(self) -> list[dict[str, Any]]:
         """One row per link direction (LINK_COLUMNS), in a fixed order."""
         now = self.env.now
-        return [link.stats(now, self.total_delay) for link in sorted(
-            self._links.values(), key=lambda link: (node_key(link.u), node_key(link.v)))]
+        if self._link_order is None:  # links never change: sort them once
+            self._link_order = sorted(self._links.values(),
+                                      key=lambda link: (node_key(link.u), node_key(link.v)))
+        return [link.stats(now, self.total_delay) for link in self._link_order]
 
     def most_loaded_link(self) -> dict[str, Any] | None:
         """The link direction with the highest utilisation (ties: most bytes)."""
