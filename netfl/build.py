@@ -249,9 +249,12 @@ def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device,
     dataset = load_data(scenario, seed["data"], dataset).to(device)
     parts = partition_for(scenario, dataset, seed["data"])
     stream = SampleStream(parts, data.batch_size, seed=seed["stream"], device=device)
-    return DatasetSource(dataset, stream, eval_on=evaluation.on, max_eval=evaluation.max_samples,
-                         shift=data.augment.shift, noise=data.augment.noise,
-                         seed=seed["stream"])
+    try:
+        return DatasetSource(dataset, stream, eval_on=evaluation.on,
+                             max_eval=evaluation.max_samples, shift=data.augment.shift,
+                             noise=data.augment.noise, seed=seed["stream"])
+    except ValueError as exc:  # augment that does not fit the data's shape
+        raise ScenarioError(str(exc)) from None
 
 
 def build_probes(

@@ -90,3 +90,13 @@ def test_pretraining_needs_a_fixed_dataset(tiny):
     with pytest.raises(ScenarioError, match="pretrain_steps"):
         build(tiny(data={"dataset": "graphical"}, model={"kind": "mlp", "hidden": [8],
                                                          "pretrain_steps": 5}))
+
+
+def test_shift_is_refused_for_flat_feature_vectors(tiny):
+    """A shift rolls the last two axes of images; on [N, F] data it would roll the batch."""
+    from netfl.build import build
+    from netfl.scenario import ScenarioError
+
+    sc = tiny(data={"dataset": "gaussian_mixture", "augment": {"shift": 1}})
+    with pytest.raises(ScenarioError, match="data.augment.shift: shifts move pixels"):
+        build(sc)

@@ -48,6 +48,10 @@ class DatasetSource:
                 else (dataset.x_train, dataset.y_train))
         self._eval = (x[:max_eval], y[:max_eval]) if max_eval else (x, y)
         self.shift, self.noise, self.seed = int(shift), float(noise), int(seed)
+        if self.shift and len(self.input_shape) < 2:
+            raise ValueError(f"data.augment.shift: shifts move pixels of images; this "
+                             f"dataset's samples have shape {tuple(self.input_shape)} (use "
+                             "augment.noise, or give image-shaped data)")
 
     def batch(self, learners, rounds):
         if learners is None:
