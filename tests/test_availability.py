@@ -295,3 +295,20 @@ def test_fedscale_device_capacity_converts_to_speeds_and_bandwidth(tmp_path):
     assert table.uplink_bps.tolist() == [5e5] and table.downlink_bps.tolist() == [5e5]
     source.write_bytes(pickle.dumps([1, 2]))
     assert fedscale.main(["devices", str(source), str(out)]) == 2
+
+
+def test_dynamic_deadline_balances_without_a_slow_reply(tiny):
+    """One learner's link is 1000x slower: with a deadline the coordinator balances the
+    replies that came, the slow replies are late and their learner carries on."""
+    slow = [{"u": 0, "v": 1, "bandwidth": "10 kbit/s"}]
+    base = dict(learners={"count": 4, "compute_time": "10 ms"}, horizon={"rounds": 30},
+                network={"links": slow},
+                protocol={"name": "dynamic", "delta": 0.01, "augmentation": "all"})
+    waited = build(tiny(**base)).simulation
+    waited.run()
+    base["protocol"] = {**base["protocol"], "deadline": 0.05}
+    hurried = build(tiny(**base)).simulation
+    hurried.run()
+    assert hurried.rows_emitted == waited.rows_emitted == 30
+    assert hurried.counters["messages_late"] > 0 and waited.counters["messages_late"] == 0
+    assert not hurried.blocked.any()  # the late learners were let go

@@ -33,7 +33,7 @@ import torch
 from pydantic import Field
 
 from netfl.protocols.base import Protocol
-from netfl.schema import Section
+from netfl.schema import PositiveSeconds, Section
 from netfl.sim import wire
 from netfl.sim.interface import COORDINATOR, SimulationAPI
 
@@ -63,6 +63,9 @@ class DynamicConfig(Section):
     delta: float = Field(default=0.5, gt=0, description="divergence threshold")
     b: int = Field(default=1, ge=1, description="rounds between local condition checks")
     augmentation: Literal["double", "all"] = "double"
+    deadline: PositiveSeconds | None = Field(
+        default=None, description="seconds the coordinator waits for queried models before "
+        "it balances those that arrived; later replies are late (their learners carry on)")
 
 
 class Dynamic(Protocol):
@@ -81,6 +84,7 @@ class Dynamic(Protocol):
         self.partial_at_full_count = 0  # balancings sent although v >= m (must stay 0)
         self.inbox: simpy.Store = simpy.Store(sim.env)
         self.replies: dict[int, simpy.Event] = {}
+        self.late: set[int] = set()  # queried learners whose reply missed the deadline
         self.last_model_sent = np.full(sim.m, -np.inf)
         for name in COUNTERS:
             sim.counters[name] = 0
@@ -167,7 +171,14 @@ class Dynamic(Protocol):
         reply.callbacks.append(self._on_reply)
 
     def _on_reply(self, event: simpy.Event) -> None:
-        waiting = self.replies.get(event.value.src)
+        learner = event.value.src
+        if learner in self.late:  # after the deadline: not in B; it carries on as it is
+            self.late.discard(learner)
+            self.sim.counters["messages_late"] += 1
+            if self.sim.blocked[learner]:
+                self.sim.unblock(learner)
+            return
+        waiting = self.replies.get(learner)
         if waiting is not None and not waiting.triggered:
             waiting.succeed(event.value)
 
@@ -231,8 +242,13 @@ class Dynamic(Protocol):
         for learner in added:
             request = sim.send("request", COORDINATOR, learner, 0, b"")
             request.callbacks.append(self._on_request)
-        replies = yield sim.env.all_of(list(self.replies.values()))
-        messages = [replies[event] for event in self.replies.values()]
+        everyone = sim.env.all_of(list(self.replies.values()))
+        if self.config.deadline is None:
+            yield everyone
+        else:
+            yield everyone | sim.env.timeout(self.config.deadline)
+        self.late.update(i for i, ev in self.replies.items() if not ev.triggered)
+        messages = [ev.value for ev in self.replies.values() if ev.triggered]
         messages = [msg for msg in messages if msg is not None]  # None: given up
         if messages:
             vectors = self.channel.decode_up([msg.payload for msg in messages])
