@@ -161,6 +161,9 @@ class Network:
         self._stranded: list[Transit] = []
         self._in_flight: dict[int, Transit] = {}
         self._offline: set[Hashable] = set()
+        # endpoint -> seqs of its messages in flight; kept from the first offline event on,
+        # so taking an endpoint offline reads its own messages, not every message in flight
+        self._by_endpoint: dict[Hashable, set[int]] | None = None
         self._seq = itertools.count()
         self.reset_counters()
 
@@ -282,6 +285,7 @@ class Network:
         if self._offline and (msg.src in self._offline or msg.dst in self._offline):
             transit = Transit(msg, None, None, (), done, next(self._seq))
             self._in_flight[transit.seq] = transit
+            self._index(transit)
             self.env.timeout(0, transit).callbacks.append(self._drop_now)
             return done
         if route is not None and not route:
@@ -294,6 +298,8 @@ class Network:
         transit = Transit(msg, self.placement[msg.src], self.placement[msg.dst], route or (),
                           done, next(self._seq))
         self._in_flight[transit.seq] = transit
+        if self._by_endpoint is not None:
+            self._index(transit)
         if route is None:
             self._strand(transit)
         else:
@@ -338,6 +344,8 @@ class Network:
         msg, now = transit.msg, self.env.now
         msg.delivered_at = now
         del self._in_flight[transit.seq]
+        if self._by_endpoint is not None:
+            self._unindex(transit)
         self.delivered += 1
         self.total_delay += now - msg.sent_at
         if self.on_message is not None:
@@ -390,6 +398,8 @@ class Network:
         msg = transit.msg
         self.messages_lost += 1
         del self._in_flight[transit.seq]
+        if self._by_endpoint is not None:
+            self._unindex(transit)
         if self.on_message is not None:
             self.on_message(self._row(msg, len(transit.route), transit.attempts, delivered=False))
         if self.on_lost is not None:
@@ -436,8 +446,12 @@ class Network:
         if endpoint in self._offline:
             return
         self._offline.add(endpoint)
-        cut = [t for t in self._in_flight.values()
-               if (t.msg.src == endpoint or t.msg.dst == endpoint) and not t.cancelled]
+        if self._by_endpoint is None:  # the first offline event: index what is in flight
+            self._by_endpoint = {}
+            for transit in self._in_flight.values():
+                self._index(transit)
+        seqs = sorted(self._by_endpoint.get(endpoint, ()))
+        cut = [self._in_flight[q] for q in seqs if not self._in_flight[q].cancelled]
         for transit in cut:
             transit.cancelled = True
             if transit.stranded:
@@ -446,6 +460,18 @@ class Network:
             elif self.model == "flow":
                 self.transport.cancel(transit)
             self.env.timeout(0, transit).callbacks.append(self._drop_now)
+
+    def _index(self, transit: Transit) -> None:
+        if self._by_endpoint is None:
+            return
+        for end in (transit.msg.src, transit.msg.dst):
+            self._by_endpoint.setdefault(end, set()).add(transit.seq)
+
+    def _unindex(self, transit: Transit) -> None:
+        for end in (transit.msg.src, transit.msg.dst):
+            seqs = self._by_endpoint.get(end)
+            if seqs is not None:
+                seqs.discard(transit.seq)
 
     def is_online(self, endpoint: Hashable) -> bool:
         return endpoint not in self._offline
