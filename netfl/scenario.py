@@ -106,8 +106,7 @@ class FailureConfig(Section):
     mtbf: PositiveSeconds | None = None
     mttr: PositiveSeconds | None = None
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True,
-                              serialize_by_alias=True)
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)  # `for:` key
 
     @model_validator(mode="after")
     def _one_kind(self) -> FailureConfig:
@@ -198,8 +197,7 @@ class OfflineWindow(Section):
     at: Seconds
     for_: PositiveSeconds | None = Field(default=None, alias="for")
 
-    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True,
-                              serialize_by_alias=True, allow_inf_nan=False)
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)  # `for:` key
 
 
 class AvailabilityConfig(Section):

@@ -249,12 +249,6 @@ def _check_run_name(value: Any, where: str) -> str:
 # ------------------------------------------------------------------------- files
 
 
-def _read_yaml(path: Path, what: str) -> Any:
-    """A sweep or base file's data, through the scenario loader (alias limit, YAML 1.2
-    booleans, one error naming the file)."""
-    return scenario_mod.read_yaml(path, what)
-
-
 def _base(value: Any, source: str, root: Path | None) -> tuple[dict[str, Any], list[Path]]:
     """The base scenario's data and the folders its relative files may sit in."""
     folders = [root] if root is not None else []
@@ -264,7 +258,7 @@ def _base(value: Any, source: str, root: Path | None) -> tuple[dict[str, Any], l
             path = root / path
         if not path.is_file():
             raise ScenarioError(f"{source}: base: {path}: no such scenario file")
-        data = _read_yaml(path, "scenario file")
+        data = scenario_mod.read_yaml(path, "scenario file")
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -415,7 +409,7 @@ def load(path: str | Path, overrides: Iterable[str] = (), *, check: bool = True)
     path = Path(path)
     if not path.is_file():
         raise ScenarioError(f"{path}: no such sweep file")
-    spec = _read_yaml(path, "sweep file")
+    spec = scenario_mod.read_yaml(path, "sweep file")
     return expand(spec, str(path), root=path.parent, overrides=overrides, check=check)
 
 

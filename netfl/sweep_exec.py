@@ -23,7 +23,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -214,12 +214,17 @@ def _processes(jobs: list[Job], record: Callable[[int, Outcome], None], workers:
                for index, s, run_dir in jobs}
     left = set(futures)
     interrupted = patient = False
-    try:
-        for future in as_completed(futures):
+
+    def drain(batch: Iterable[Future], stopping: bool) -> None:
+        """Record each future of ``batch`` as it finishes."""
+        for future in as_completed(batch):
             left.discard(future)
-            outcome = _future_outcome(future, futures[future][1], False)
+            outcome = _future_outcome(future, futures[future][1], stopping)
             if outcome is not None:
                 record(futures[future][0], outcome)
+
+    try:
+        drain(futures, False)
         patient = True
     except KeyboardInterrupt:
         interrupted = True
@@ -233,11 +238,7 @@ def _processes(jobs: list[Job], record: Callable[[int, Outcome], None], workers:
                 pass
         running = [f for f in left if not f.cancelled()]
         try:
-            for future in as_completed(running):
-                left.discard(future)
-                outcome = _future_outcome(future, futures[future][1], True)
-                if outcome is not None:
-                    record(futures[future][0], outcome)
+            drain(running, True)
             patient = True
         except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for the workers
             for future in left:

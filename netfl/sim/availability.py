@@ -29,16 +29,17 @@ clock; the draws come from the availability seed only.
 
 from __future__ import annotations
 
-import csv
 import heapq
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import simpy
+
+from netfl.sim.traces import csv_rows, pick
 
 _EPS = 1e-12
 
@@ -54,6 +55,12 @@ class Intervals:
     starts: np.ndarray
     ends: np.ndarray
     period: float | None  # None: no wrap (offline after the last interval)
+    edges: np.ndarray = field(init=False, repr=False)  # where the state may change
+
+    def __post_init__(self) -> None:
+        edges = np.unique(np.concatenate([self.starts, self.ends]))
+        edges = edges[np.isfinite(edges)]
+        self.edges = edges if self.period is None else edges[edges <= self.period]
 
     def state_at(self, t: float) -> bool:
         t = self._fold(t)
@@ -67,13 +74,11 @@ class Intervals:
 
     def next_change(self, t: float) -> float:
         """The first instant after ``t`` at which the state changes (inf: never)."""
-        edges = np.unique(np.concatenate([self.starts, self.ends]))
-        edges = edges[np.isfinite(edges)]
+        edges = self.edges
         if self.period is None:
             candidates = edges[edges > t + _EPS]
         else:
             base = math.floor(t / self.period + _EPS) * self.period
-            edges = edges[edges <= self.period]
             candidates = np.concatenate([base + edges, base + self.period + edges])
             candidates = candidates[candidates > t + _EPS]
         now = self.state_at(t)
@@ -86,33 +91,25 @@ class Intervals:
 def read_trace(path: str | Path) -> dict[int, tuple[list[tuple[float, float]], float | None]]:
     """Online intervals per trace client from ``learner,start_s,end_s[,period_s]`` rows."""
     path = Path(path)
-    if not path.is_file():
-        raise TraceError(f"{path}: no such availability trace")
     out: dict[int, tuple[list[tuple[float, float]], float | None]] = {}
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"learner", "start_s", "end_s"} - set(reader.fieldnames or [])
-        if missing:
-            raise TraceError(f"{path}: missing column(s) {', '.join(sorted(missing))} "
-                             "(need learner, start_s, end_s[, period_s])")
-        for line, row in enumerate(reader, start=2):
-            try:
-                client = int(row["learner"])
-                start, end = float(row["start_s"]), float(row["end_s"])
-                period = float(row["period_s"]) if row.get("period_s") not in (None, "") \
-                    else None
-            except (TypeError, ValueError):
-                raise TraceError(f"{path}, line {line}: learner must be an integer and "
-                                 "start_s, end_s, period_s numbers") from None
-            if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
-                raise TraceError(f"{path}, line {line}: need 0 <= start_s < end_s, "
-                                 f"got {start}, {end}")
-            if period is not None and not (math.isfinite(period) and period >= end):
-                raise TraceError(f"{path}, line {line}: period_s must be >= end_s, "
-                                 f"got {period}")
-            spans, old = out.get(client, ([], None))
-            spans.append((start, end))
-            out[client] = (spans, period if period is not None else old)
+    rows = csv_rows(path, ("learner", "start_s", "end_s"), "learner, start_s, end_s[, period_s]",
+                    "availability trace", TraceError)
+    for line, row in rows:
+        try:
+            client = int(row["learner"])
+            start, end = float(row["start_s"]), float(row["end_s"])
+            period = float(row["period_s"]) if row.get("period_s") not in (None, "") else None
+        except (TypeError, ValueError):
+            raise TraceError(f"{path}, line {line}: learner must be an integer and "
+                             "start_s, end_s, period_s numbers") from None
+        if not (math.isfinite(start) and math.isfinite(end) and 0 <= start < end):
+            raise TraceError(f"{path}, line {line}: need 0 <= start_s < end_s, "
+                             f"got {start}, {end}")
+        if period is not None and not (math.isfinite(period) and period >= end):
+            raise TraceError(f"{path}, line {line}: period_s must be >= end_s, got {period}")
+        spans, old = out.get(client, ([], None))
+        spans.append((start, end))
+        out[client] = (spans, period if period is not None else old)
     if not out:
         raise TraceError(f"{path}: no intervals")
     return out
@@ -134,10 +131,7 @@ def trace_intervals(trace: dict[int, tuple[list[tuple[float, float]], float | No
                     *, wrap: bool, assign: str, rng: np.random.Generator) -> list[Intervals]:
     """One learner's intervals per learner, mapped from the trace's clients."""
     clients = sorted(trace)
-    if assign == "random":
-        picks = rng.choice(len(clients), size=m, replace=m > len(clients))
-    else:
-        picks = np.arange(m) % len(clients)
+    picks = pick(len(clients), m, assign, rng)
     last = max(end for spans, _ in trace.values() for _, end in spans)
     out = []
     for k in picks.tolist():

@@ -18,7 +18,6 @@ learner per node.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from pathlib import Path
 
 import networkx as nx
 import numpy as np
+
+from netfl.sim.traces import csv_rows, pick
 
 
 class DeviceTraceError(ValueError):
@@ -59,26 +60,20 @@ def _number(path: Path, line: int, key: str, text: str | None, optional: bool) -
 def read_devices(path: str | Path) -> tuple[list[int], Devices]:
     """The trace's device ids (sorted) and their values, row for row."""
     path = Path(path)
-    if not path.is_file():
-        raise DeviceTraceError(f"{path}: no such device trace")
     rows: dict[int, tuple[float, float, float]] = {}
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"learner", "steps_per_s"} - set(reader.fieldnames or [])
-        if missing:
-            raise DeviceTraceError(f"{path}: missing column(s) {', '.join(sorted(missing))} "
-                                   "(need learner, steps_per_s[, uplink_bps, downlink_bps])")
-        for line, row in enumerate(reader, start=2):
-            try:
-                device = int(row["learner"])
-            except (TypeError, ValueError):
-                raise DeviceTraceError(f"{path}, line {line}: learner must be an integer") \
-                    from None
-            rows[device] = (
-                _number(path, line, "steps_per_s", row.get("steps_per_s"), False),
-                _number(path, line, "uplink_bps", row.get("uplink_bps"), True),
-                _number(path, line, "downlink_bps", row.get("downlink_bps"), True),
-            )
+    lines = csv_rows(path, ("learner", "steps_per_s"),
+                     "learner, steps_per_s[, uplink_bps, downlink_bps]", "device trace",
+                     DeviceTraceError)
+    for line, row in lines:
+        try:
+            device = int(row["learner"])
+        except (TypeError, ValueError):
+            raise DeviceTraceError(f"{path}, line {line}: learner must be an integer") from None
+        rows[device] = (
+            _number(path, line, "steps_per_s", row.get("steps_per_s"), False),
+            _number(path, line, "uplink_bps", row.get("uplink_bps"), True),
+            _number(path, line, "downlink_bps", row.get("downlink_bps"), True),
+        )
     if not rows:
         raise DeviceTraceError(f"{path}: no devices")
     ids = sorted(rows)
@@ -88,11 +83,7 @@ def read_devices(path: str | Path) -> tuple[list[int], Devices]:
 
 def assign(devices: Devices, m: int, mode: str, rng: np.random.Generator) -> Devices:
     """One device per learner: a seeded draw or by sorted id."""
-    n = len(devices.steps_per_s)
-    if mode == "random":
-        picks = rng.choice(n, size=m, replace=m > n)
-    else:
-        picks = np.arange(m) % n
+    picks = pick(len(devices.steps_per_s), m, mode, rng)
     return Devices(devices.steps_per_s[picks], devices.uplink_bps[picks],
                    devices.downlink_bps[picks])
 
