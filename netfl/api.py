@@ -174,7 +174,7 @@ def summarize(sim: Simulation, scenario: Scenario, status: str, wall: float,
         "final_local_mse": final.get("mse_local_mean"),
         "device": str(sim.bank.device),
         "seed": scenario.seed,
-        **({"dropouts": sim.dropouts} if sim.track_availability else {}),
+        **({"dropouts": sim.dropouts} if sim.availability else {}),
     }
 
 

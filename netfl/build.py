@@ -437,7 +437,7 @@ def build(
     availability = build_availability(scenario, env, simulation, seed["availability"])
     if availability is not None:
         availability.quiet = simulation.quiet
-        simulation.track_availability = True
+        simulation.availability = True
         availability.start()
     probes = build_probes(scenario, seed, simulation, source,
                           model=model if init == "given" else None)

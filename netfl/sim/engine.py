@@ -127,9 +127,10 @@ class Simulation:
         self.rounds_done = np.zeros(self.m, dtype=np.int64)
         self.blocked = np.zeros(self.m, dtype=bool)
         self.online = np.ones(self.m, dtype=bool)  # learners.availability turns learners off
-        self.availability = False  # set by set_online: rows then skip offline learners
+        # learners.availability is on (set by the build, or by the first set_online): rows
+        # then skip offline learners and say who is online
+        self.availability = False
         self.dropouts = 0  # times a learner went offline
-        self.track_availability = False  # learners.availability is on: rows say who is online
         self.finished = np.zeros(self.m, dtype=bool)
         self.log = RoundLog()
         self.rows_emitted = 0
@@ -386,7 +387,7 @@ class Simulation:
             **self._divergence_cell(r),
             **self.counters,
         }
-        if self.track_availability:
+        if self.availability:
             row["learners_online"] = int(self.online.sum())
             row["dropouts"] = self.dropouts
         for kind in self.protocol.message_kinds:
@@ -399,7 +400,7 @@ class Simulation:
     @property
     def extra_columns(self) -> list[str]:
         """Engine columns beyond the base ones: availability's, when it is on."""
-        return ["learners_online", "dropouts"] if self.track_availability else []
+        return ["learners_online", "dropouts"] if self.availability else []
 
     def _divergence_cell(self, r: int) -> dict[str, float]:
         """The divergence, exact, on every ``divergence_every``-th row and the last; other
