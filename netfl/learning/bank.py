@@ -1,10 +1,16 @@
 """LearnerBank: the parameters of m learners stacked on one device, trained in one batch.
 
-Every parameter tensor is stored as ``[m, ...]`` (row i is learner i). A step of any
-subset of learners is one call of ``vmap(grad(loss))`` over ``torch.func.functional_call``
-of a single template module, followed by one stacked optimizer update (``optim.py``).
-There is no Python loop over learners anywhere: averaging, assignment, distances and
-divergence are tensor operations over the stacked rows.
+Layout: one contiguous ``[m, P]`` tensor, ``buffer``, holds every parameter of every
+learner (row i is learner i's flat model, in ``names`` order: what ``flat`` returns), and
+``params[name]`` are views ``[m, *shape]`` of its column blocks. So a flat model is one
+row: ``flat(idx)`` is one gather, ``assign`` of a flat model one row write, and the
+optimizer's state (``optim.py``) is laid out the same way, one ``[m, T]`` tensor per kind
+of state. A step of any subset of learners is one call of ``vmap(grad(loss))`` over
+``torch.func.functional_call`` of a single template module on those views, followed by
+one stacked optimizer update. There is no Python loop over learners anywhere: averaging,
+assignment, distances and divergence are tensor operations over the buffer's rows, whose
+reductions run per parameter block so that every value is bit for bit the one separate
+per-parameter tensors give.
 
 Conventions (seed 004, Kamp et al. 2018):
 * ``step`` reports the loss suffered *before* the update, summed over the mini-batch
@@ -41,12 +47,13 @@ from torch.func import functional_call, grad, vmap
 
 from netfl.learning.custom import accepts_features
 from netfl.learning.models import init_parameters
-from netfl.learning.optim import Adam, Optimizer, make_optimizer
+from netfl.learning.optim import Adam, Optimizer, column_views, make_optimizer
 
 __all__ = ["LearnerBank", "StepResult", "resolve_device"]
 
 IndexLike = Tensor | int | Sequence[int] | None
 _CHUNK_ELEMENTS = 2**20  # parameters per chunk of a pass over rows (CPU caches)
+_HOLD_BYTES = 32 * 2**20  # largest gradient tensor held between steps (glibc's heap)
 
 
 @dataclass
@@ -65,7 +72,8 @@ def resolve_device(device: torch.device | str) -> torch.device:
 
 
 class LearnerBank:
-    """m learners of one architecture, stacked ``[m, ...]`` per parameter tensor.
+    """m learners of one architecture: rows of one ``[m, P]`` buffer, ``params[name]``
+    its ``[m, *shape]`` views (write them in place only; rebinding a key detaches it).
 
     ``model`` is used as a stateless template (a private copy is kept; the caller's
     module is not modified). ``reduction`` picks the training objective: 'mean' takes
@@ -135,19 +143,34 @@ class LearnerBank:
         named = [(n, p.detach()) for n, p in template.named_parameters()]
         if not named:
             raise ValueError("model: has no parameters to train")
+        if len({p.dtype for _, p in named}) > 1:
+            raise ValueError("model: parameters mix dtypes; the bank stacks one dtype "
+                             "(call model.float())")
         self.names: list[str] = [n for n, _ in named]
         self.shapes: dict[str, torch.Size] = {n: p.shape for n, p in named}
         self.numels: list[int] = [p.numel() for _, p in named]
         self.num_params: int = sum(self.numels)
-        self.params: dict[str, Tensor] = {}
-        for n, p in named:
+        # Column of each parameter's first value in a row of ``buffer`` (``names`` order).
+        self.offsets: dict[str, int] = dict(
+            zip(self.names, np.cumsum([0, *self.numels[:-1]]).tolist(), strict=True))
+        self._shape_list = [self.shapes[n] for n in self.names]
+        self._flat_shapes = [torch.Size([n]) for n in self.numels]
+        self.dtype = named[0][1].dtype
+        # One contiguous [m, P] tensor holds every learner's parameters (row i: learner i,
+        # in ``names`` order, as ``flat``); ``params[name]`` are views of its column blocks.
+        self.buffer: Tensor = torch.empty(m, self.num_params, dtype=self.dtype,
+                                          device=self.device)
+        for view, (_, p) in zip(column_views(self.buffer, self._shape_list), named, strict=True):
+            # Built on CPU a parameter at a time (noise drawn in names order, as [m, *shape]):
+            # the values do not depend on the device, and the host holds one block at once.
             stacked = p.unsqueeze(0).repeat(m, *([1] * p.dim()))
             if init_noise > 0:
-                stacked.add_(
-                    torch.randn(stacked.shape, generator=gen, dtype=p.dtype), alpha=init_noise
-                )
-            self.params[n] = stacked.to(self.device).contiguous()
-        self.dtype = named[0][1].dtype
+                stacked.add_(torch.randn(stacked.shape, generator=gen, dtype=p.dtype),
+                             alpha=init_noise)
+            view.copy_(stacked)
+        self.params: dict[str, Tensor] = dict(
+            zip(self.names, column_views(self.buffer, self._shape_list), strict=True))
+        self._blocks = column_views(self.buffer, self._flat_shapes)  # [m, n] per parameter
         # Frozen parameters (transfer learning: train only the last layer) keep their
         # initial values; the optimizer never sees them.
         self.trainable: list[str] = list(self.names if trainable is None else trainable)
@@ -155,6 +178,14 @@ class LearnerBank:
         if unknown or not self.trainable:
             raise ValueError(f"trainable: unknown or no parameters {unknown}; "
                              f"known: {', '.join(self.names)}")
+        self._frozen = [n for n in self.names if n not in self.trainable]
+        self._split_all = ({n: self.params[n] for n in self.trainable},
+                           {n: self.params[n] for n in self._frozen})
+        self._train_shapes = [self.shapes[n] for n in self.trainable]
+        self._train_params = [self.params[n] for n in self.trainable]
+        # Columns [a, b) of the trainable parameters when they are one block in trainable
+        # order (all of them, or the last layer): then their rows are one slice.
+        self._tcols = self._block(self.trainable)
         self.model = template.to(self.device)
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -172,6 +203,7 @@ class LearnerBank:
         # ``set_correction``): FedProx's mu*(w - anchor) and SCAFFOLD's control correction.
         self.prox_mu: float = 0.0
         self.anchor: dict[str, Tensor] | None = None  # [m, ...] per trainable parameter
+        self._anchor_flat: Tensor | None = None  # [m, T]: ``anchor``'s storage
         self.correction: Tensor | None = None  # [m, P] flat, in ``names`` order
         self._correction_rows: dict[str, Tensor] = {}  # views of ``correction`` per parameter
 
@@ -192,7 +224,31 @@ class LearnerBank:
 
     # ------------------------------------------------------------------ internals
     def _plist(self) -> list[Tensor]:
-        return [self.params[n] for n in self.trainable]
+        """The trainable parameters (views of ``buffer``), always the same objects: the
+        optimizer recognises them as column blocks of the buffer."""
+        return self._train_params
+
+    def _block(self, names: Sequence[str]) -> tuple[int, int] | None:
+        """Columns ``[a, b)`` holding ``names`` one after another, or None."""
+        start = end = self.offsets[names[0]]
+        for n in names:
+            if self.offsets[n] != end:
+                return None
+            end += self.shapes[n].numel()
+        return start, end
+
+    def _views(self, rows: Tensor) -> dict[str, Tensor]:
+        """Per-parameter views ``[k, ...]`` of flat rows ``[k, P]``."""
+        return dict(zip(self.names, column_views(rows, self._shape_list), strict=True))
+
+    def _trainable_rows(self, rows: Tensor) -> Tensor:
+        """The trainable columns of flat rows ``[k, P]`` as ``[k, T]`` (a view when they
+        are one block, else a copy), in ``trainable`` order."""
+        if self._tcols is not None:
+            return rows[:, self._tcols[0]:self._tcols[1]]
+        k = rows.shape[0]
+        views = self._views(rows)
+        return torch.cat([views[n].reshape(k, -1) for n in self.trainable], dim=1)
 
     def _forward(self, params: dict[str, Tensor], x: Tensor, features: bool) -> Tensor:
         # The keyword only when asked for: a researcher's forward(x) need not take it.
@@ -201,9 +257,11 @@ class LearnerBank:
         return functional_call(self.model, params, (x,))
 
     def _objective(
-        self, params: dict[str, Tensor], x: Tensor, y: Tensor
+        self, params: dict[str, Tensor], frozen: dict[str, Tensor], x: Tensor, y: Tensor
     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        logits = functional_call(self.model, params, (x,))
+        # Differentiated in the trainable ``params`` only: no gradient, and no backward
+        # pass below the lowest trainable layer, for frozen ones (transfer learning).
+        logits = functional_call(self.model, (params, frozen), (x,))
         loss_sum = self._sample_losses(logits, y).sum()
         obj = loss_sum if self.reduction == "sum" else loss_sum / y.shape[0]
         return obj, (loss_sum, logits)
@@ -254,10 +312,9 @@ class LearnerBank:
                 return None, k
         return idx.to(self.device), k
 
-    def _select(self, idx: Tensor | None) -> dict[str, Tensor]:
-        if idx is None:
-            return self.params
-        return {n: p.index_select(0, idx) for n, p in self.params.items()}
+    def _rows(self, index: Tensor | None) -> Tensor:
+        """Rows ``index`` of the buffer ``[k, P]``: the buffer itself for all (no copy)."""
+        return self.buffer if index is None else self.buffer.index_select(0, index)
 
     def _inputs(self, x: Tensor) -> Tensor:
         """Inputs on the bank's device; floating inputs (e.g. float64 from numpy) in the
@@ -313,39 +370,53 @@ class LearnerBank:
             want = "[k, B, T] regression targets" if self.regression else "[k, B] labels"
             raise ValueError(f"y: expected {want}, got shape {tuple(y.shape)}")
         x, y = self._inputs(x), self._targets(y)
-        current = self._select(index)
+        self._scratch = None  # the last step's gradients: their memory is the new ones'
+        # All learners: the buffer's own views (no copy); a subset: one gather of its rows.
+        rows = self._rows(index)
+        current = self.params if index is None else self._views(rows)
         if self._stacked_forward is not None:
             grads, (loss_sum, logits) = self._train_stacked(current, x, y)
         else:
-            grads, (loss_sum, logits) = self._train(current, x, y)
+            if index is None:
+                train, frozen = self._split_all
+            else:
+                train = {n: current[n] for n in self.trainable}
+                frozen = {n: current[n] for n in self._frozen}
+            grads, (loss_sum, logits) = self._train(train, frozen, x, y)
         if self.anchor is not None or self.correction is not None:
-            self._add_terms(grads, current, index)
+            self._add_terms(grads, rows, index)
         self.optimizer.update(self._plist(), [grads[n] for n in self.trainable], index)
         if self.regression:
             correct = torch.zeros(k, dtype=torch.int64, device=self.device)
         else:
             correct = (logits.argmax(-1) == y).sum(-1)
-        # Hold the gradients until the next step. Freed at once, they leave a large free
-        # block that glibc returns to the OS and faults back in on the next step (about
-        # twice the page faults of a plain loop, ~10% slower on CPU); held, the next
-        # step's allocations reuse the heap. Costs one gradient set of memory.
-        self._scratch = grads
+        # Hold the gradients until the next step starts. Freed at once, they leave a large
+        # free block that glibc returns to the OS and faults back in on the next step
+        # (about twice the page faults of a plain loop, ~10% slower on CPU); held, then
+        # freed just before the next step allocates, they are reused. Only where that
+        # works: on CPU, and tensors that glibc keeps on its heap (up to 32 MiB, its
+        # largest mmap threshold; larger ones are always mapped afresh), so a large bank
+        # does not keep a useless gradient set between steps.
+        if self.device.type == "cpu" and max(g.nbytes for g in grads.values()) <= _HOLD_BYTES:
+            self._scratch = grads
         return StepResult(loss_sum=loss_sum, correct=correct)
 
-    def _add_terms(self, grads: dict[str, Tensor], current: dict[str, Tensor],
-                   index: Tensor | None) -> None:
+    def _add_terms(self, grads: dict[str, Tensor], rows: Tensor, index: Tensor | None) -> None:
         """Add the proximal term ``mu*(w - anchor)`` and the correction rows to ``grads`` of
-        the rows ``index``, in place, with one fused op per term over all parameters."""
-        names = self.trainable
-        g = [grads[n] for n in names]
-        if self.anchor is not None:
-            anchor = [self.anchor[n] if index is None else self.anchor[n].index_select(0, index)
-                      for n in names]
-            diff = torch._foreach_sub([current[n] for n in names], anchor)
-            torch._foreach_add_(g, diff, alpha=self.prox_mu)
+        the rows ``index`` (whose parameters are ``rows [k, P]``), in place: one op over the
+        trainable columns for the difference, one fused op per term for the gradients."""
+        g = [grads[n] for n in self.trainable]
+        if self._anchor_flat is not None:
+            anchor = self._anchor_flat if index is None else self._anchor_flat.index_select(
+                0, index)
+            diff = torch.sub(self._trainable_rows(rows), anchor)
+            torch._foreach_add_(g, column_views(diff, self._train_shapes), alpha=self.prox_mu)
         if self.correction is not None:
-            rows = self._correction_rows
-            corr = [rows[n] if index is None else rows[n].index_select(0, index) for n in names]
+            if index is None:
+                corr = [self._correction_rows[n] for n in self.trainable]
+            else:
+                picked = self._trainable_rows(self.correction).index_select(0, index)
+                corr = column_views(picked, self._train_shapes)
             torch._foreach_add_(g, corr)
 
     # ------------------------------------------------------------ gradient terms
@@ -357,24 +428,33 @@ class LearnerBank:
         ``[P]`` or a dict), stacked rows (``[m, P]`` or a stacked dict), or None: the
         current models. From then on ``assign`` also sets the anchors of the rows it
         assigns, so a learner's anchor is the model it last received. ``mu = 0`` turns
-        the term off (and forgets the anchors)."""
+        the term off (and forgets the anchors). The anchors are one ``[m, T]`` tensor over
+        the trainable parameters; ``anchor[name]`` are views of it."""
         mu = float(mu)
         if not mu >= 0:
             raise ValueError(f"mu: must be >= 0, got {mu}")
         if mu == 0:
-            self.prox_mu, self.anchor = 0.0, None
+            self.prox_mu, self.anchor, self._anchor_flat = 0.0, None, None
             return
         self.prox_mu = mu
-        self.anchor = {n: self.params[n].clone() for n in self.trainable}
+        flat = self._trainable_rows(self.buffer).clone(memory_format=torch.contiguous_format)
+        self._anchor_flat = flat
+        self.anchor = dict(zip(self.trainable, column_views(flat, self._train_shapes),
+                               strict=True))
         if anchor is not None:
             self.set_anchor(None, anchor)
 
     @torch.no_grad()
     def set_anchor(self, idx: IndexLike, anchor: Tensor | dict[str, Tensor]) -> None:
         """Set the proximal anchors of rows ``idx`` (flat ``[P]``/``[k, P]`` or a dict)."""
-        if self.anchor is None:
+        if self.anchor is None or self._anchor_flat is None:
             raise ValueError("set_anchor: no proximal term; call set_proximal(mu > 0) first")
         index, k = self._index(idx)
+        if isinstance(anchor, Tensor) and self._tcols is not None:
+            self.unflatten(anchor)  # checks the shape
+            a, b = self._tcols
+            self._copy_rows(self._anchor_flat, index, k, anchor[..., a:b], "anchor")
+            return
         params = self.unflatten(anchor) if isinstance(anchor, Tensor) else anchor
         for n in self.trainable:
             self._copy_rows(self.anchor[n], index, k, params[n], n)
@@ -398,21 +478,28 @@ class LearnerBank:
         if self.correction is None:
             self.correction = torch.zeros(self.m, self.num_params, device=self.device,
                                           dtype=self.dtype)
-            self._correction_rows = self.unflatten(self.correction)
+            self._correction_rows = self._views(self.correction)
         self._copy_rows(self.correction, index, k, correction, "correction")
 
     def _copy_rows(self, dest: Tensor, index: Tensor | None, k: int, value: Tensor,
                    name: str) -> None:
+        """Write ``value`` (one row ``dest.shape[1:]``, broadcast, or ``k`` rows) into the
+        rows ``index`` of ``dest`` (all for None), with one operation."""
         v = value.to(device=self.device, dtype=dest.dtype)
+        if v.untyped_storage().data_ptr() == dest.untyped_storage().data_ptr():
+            v = v.clone()  # rows of dest itself (e.g. a view of the buffer): no overlap
         if v.dim() == dest.dim() - 1:
-            v = v.unsqueeze(0).expand(k, *v.shape)
-        elif v.dim() != dest.dim() or v.shape[0] != k:
+            if v.shape != dest.shape[1:]:
+                raise ValueError(f"{name}: expected {tuple(dest.shape[1:])} or "
+                                 f"{(k, *dest.shape[1:])}, got {tuple(v.shape)}")
+            v = v.unsqueeze(0).expand(k, *v.shape)  # a broadcast: no copy
+        elif v.dim() != dest.dim() or v.shape != (k, *dest.shape[1:]):
             raise ValueError(f"{name}: expected {tuple(dest.shape[1:])} or "
                              f"{(k, *dest.shape[1:])}, got {tuple(v.shape)}")
         if index is None:
             dest.copy_(v)
         else:
-            dest.index_copy_(0, index, v.contiguous())
+            dest.index_copy_(0, index, v)
 
     def reset_optimizer(self, idx: IndexLike = None) -> None:
         """Reset the optimizer state (momentum, Adam moments and step counts) of ``idx``."""
@@ -427,70 +514,138 @@ class LearnerBank:
     # ------------------------------------------------------------------ parameters
     @torch.no_grad()
     def mean(self, idx: IndexLike = None) -> dict[str, Tensor]:
-        """Average model of learners ``idx`` (all by default), unstacked."""
+        """Average model of learners ``idx`` (all by default), unstacked: views of one
+        ``[P]`` vector, read from the buffer's rows without copying them (all learners)."""
         index, _ = self._index(idx)
-        if index is None:
-            return {n: p.mean(0) for n, p in self.params.items()}
-        return {n: p.index_select(0, index).mean(0) for n, p in self.params.items()}
+        return self.unflatten(self._mean_rows(self._rows(index)))
+
+    def _mean_rows(self, rows: Tensor) -> Tensor:
+        """Column means ``[P]`` of ``rows [k, P]``, reduced per parameter block: the same
+        reduction, so the same rounding, as separate per-parameter tensors (one reduction
+        over all P columns can sum a block's columns in another order). A one-value block
+        is reduced as a contiguous vector, as a separate tensor of it would be."""
+        blocks = self._blocks if rows is self.buffer else column_views(rows, self._flat_shapes)
+        return torch.cat([(b if b.shape[1] > 1 else b.contiguous()).mean(0) for b in blocks])
+
+    def _as_flat(self, params: dict[str, Tensor]) -> Tensor | None:
+        """The ``[P]`` or ``[k, P]`` tensor that ``params`` are the ``unflatten`` views of
+        (read from storage offsets and strides), or None: then they are separate tensors."""
+        first = params[self.names[0]]
+        if first.dtype != self.dtype or first.device != self.device:
+            return None
+        stacked = first.dim() == len(self.shapes[self.names[0]]) + 1
+        lead = 1 if stacked else 0
+        k = first.shape[0] if stacked else 1
+        row = first.stride(0) if stacked else self.num_params
+        storage, start = first.untyped_storage().data_ptr(), first.storage_offset()
+        for n in self.names:
+            t, shape = params[n], self.shapes[n]
+            if (t.dim() != len(shape) + lead or t.shape[lead:] != shape or t.dtype != first.dtype
+                    or t.untyped_storage().data_ptr() != storage
+                    or t.storage_offset() != start + self.offsets[n]):
+                return None
+            if stacked and (t.shape[0] != k or (k > 1 and t.stride(0) != row)):
+                return None
+            expect = 1
+            for size, stride in zip(reversed(shape), reversed(t.stride()[lead:]), strict=True):
+                if size != 1 and stride != expect:
+                    return None
+                expect *= size
+        if stacked and k > 1 and row < self.num_params:
+            return None
+        if not stacked:
+            return first.as_strided((self.num_params,), (1,), start)
+        return first.as_strided((k, self.num_params), (row if k > 1 else self.num_params, 1),
+                                start)
+
+    def _flat_model(self, params: dict[str, Tensor], k: int) -> tuple[Tensor, bool]:
+        """``params`` (one model or ``k`` stacked ones, checked) as flat ``[P]`` or
+        ``[k, P]``, and whether it is stacked. A model given by ``unflatten`` is its flat
+        tensor itself; separate tensors are joined (a copy)."""
+        missing = set(self.names) - set(params)
+        if missing:
+            raise KeyError(f"params: missing {sorted(missing)}")
+        unstacked = True
+        for n in self.names:
+            v, shape = params[n], self.shapes[n]
+            if v.dim() == len(shape) and v.shape == shape:
+                continue
+            if v.dim() != len(shape) + 1 or v.shape[0] != k or v.shape[1:] != shape:
+                raise ValueError(f"params[{n!r}]: expected {tuple(shape)} or "
+                                 f"{(k, *shape)}, got {tuple(v.shape)}")
+            unstacked = False
+        if unstacked:
+            vec = self._as_flat(params)
+            if vec is None:
+                vec = torch.cat([params[n].to(self.device, self.dtype).reshape(-1)
+                                 for n in self.names])
+            return vec, False
+        every = all(params[n].dim() == len(self.shapes[n]) + 1 for n in self.names)
+        vec = self._as_flat(params) if every else None
+        if vec is None:
+            vec = torch.cat([params[n].to(self.device, self.dtype).expand(k, *self.shapes[n])
+                             .reshape(k, -1) for n in self.names], dim=1)
+        return vec, True
 
     @torch.no_grad()
     def assign(self, idx: IndexLike, params: dict[str, Tensor]) -> None:
         """Replace the models of ``idx`` by ``params``: one unstacked model (broadcast to
         all of ``idx``) or stacked ``[k, ...]``. Optimizer state is kept. With a proximal
-        term (``set_proximal``) the assigned models also become the anchors of ``idx``."""
+        term (``set_proximal``) the assigned models also become the anchors of ``idx``.
+        A model from ``unflatten`` is written as its flat rows: one write into the buffer."""
         index, k = self._index(idx)
-        missing = set(self.names) - set(params)
-        if missing:
-            raise KeyError(f"params: missing {sorted(missing)}")
-        for n, p in self.params.items():
-            v = params[n].to(device=self.device, dtype=p.dtype)
-            if v.dim() == p.dim() - 1:
-                v = v.unsqueeze(0).expand(k, *v.shape)
-            elif v.dim() != p.dim() or v.shape[0] != k:
-                raise ValueError(
-                    f"params[{n!r}]: expected {tuple(self.shapes[n])} or "
-                    f"{(k, *self.shapes[n])}, got {tuple(v.shape)}"
-                )
-            if index is None:
-                p.copy_(v)
-            else:
-                p.index_copy_(0, index, v.contiguous())
-        if index is None and all(params[n].dim() == len(self.shapes[n]) for n in self.names):
+        vec, stacked = self._flat_model(params, k)
+        self._copy_rows(self.buffer, index, k, vec, "params")
+        if index is None and not stacked:
             self._uniform_at = self._stamp()  # one model broadcast to every row
-        if self.anchor is not None:  # FedProx: a received model is the new anchor
-            for n in self.trainable:
-                src = self.params[n]
-                if index is None:
-                    self.anchor[n].copy_(src)
-                else:
-                    self.anchor[n].index_copy_(0, index, src.index_select(0, index))
+        if self._anchor_flat is not None:  # FedProx: a received model is the new anchor
+            if self._tcols is not None:
+                cols = self._trainable_rows(self.buffer)
+                rows = cols if index is None else cols.index_select(0, index)
+            else:
+                rows = self._trainable_rows(self._rows(index))
+            self._copy_rows(self._anchor_flat, index, k, rows, "anchor")
 
     @torch.no_grad()
     def get(self, idx: IndexLike = None) -> dict[str, Tensor]:
-        """Stacked copies ``[k, ...]`` of the models of ``idx`` (an int gives k = 1)."""
-        index, _ = self._index(idx)
-        if index is None:
-            return {n: p.clone() for n, p in self.params.items()}
-        return self._select(index)
+        """Stacked copies ``[k, ...]`` of the models of ``idx`` (an int gives k = 1): views
+        of one new ``[k, P]`` tensor."""
+        return self._views(self.flat(idx))
 
     @torch.no_grad()
     def flat(self, idx: IndexLike = None) -> Tensor:
-        """Parameter vectors ``[k, P]`` (row j: learner ``idx[j]``), in ``names`` order."""
-        index, k = self._index(idx)
-        rows = self._select(index)
-        return torch.cat([rows[n].reshape(k, -1) for n in self.names], dim=1)
+        """Parameter vectors ``[k, P]`` (row j: learner ``idx[j]``), in ``names`` order: a
+        copy of the buffer's rows (one gather)."""
+        index, _ = self._index(idx)
+        if index is None:
+            return self.buffer.clone()
+        return self.buffer.index_select(0, index)
+
+    @torch.no_grad()
+    def rows(self, idx: IndexLike = None) -> Tensor:
+        """``flat(idx)`` without the copy where none is needed: the buffer itself ``[m, P]``
+        (live: later steps and assigns show through) for all learners in order, else the
+        gathered rows. For a reader that is done with them before the bank changes (an
+        encoder of the models being sent); it must not write to them."""
+        index, _ = self._index(idx)
+        return self.buffer if index is None else self.buffer.index_select(0, index)
 
     @torch.no_grad()
     def finite(self, idx: IndexLike = None) -> np.ndarray:
-        """Whether each row's trainable parameters are all finite, from one sum per row and
-        tensor (a NaN or inf makes the sum non-finite; no [k, P] copy is made). A row of
+        """Whether each row's trainable parameters are all finite, from one sum per row (a
+        NaN or inf makes the sum non-finite; no [k, P] copy is made for all rows). A row of
         finite values whose float32 sum overflows reads as non-finite: only near 3e38."""
         index, k = self._index(idx)
-        total = torch.zeros(k, device=self.device, dtype=torch.float32)
-        for name in self.trainable:
-            p = self.params[name]
-            rows = p if index is None else p.index_select(0, index)
-            total += rows.reshape(k, -1).sum(dim=1, dtype=torch.float32)
+        if self._tcols is not None:
+            cols = self._trainable_rows(self.buffer)
+            rows = cols if index is None else cols.index_select(0, index)
+            total = rows.sum(dim=1, dtype=torch.float32)
+        else:
+            total = torch.zeros(k, device=self.device, dtype=torch.float32)
+            for name in self.trainable:
+                p = self.params[name]
+                part = p if index is None else p.index_select(0, index)
+                total += part.reshape(k, -1).sum(dim=1, dtype=torch.float32)
         return torch.isfinite(total).cpu().numpy()
 
     def unflatten(self, vec: Tensor) -> dict[str, Tensor]:
@@ -503,7 +658,8 @@ class LearnerBank:
         lead = tuple(vec.shape[:-1])
         parts = torch.split(vec, self.numels, dim=-1)
         return {
-            n: t.reshape(*lead, *self.shapes[n]) for n, t in zip(self.names, parts, strict=True)
+            n: t.reshape((*lead, *self.shapes[n]))  # a tuple: a 0-dim parameter too
+            for n, t in zip(self.names, parts, strict=True)
         }
 
     @torch.no_grad()
@@ -511,21 +667,33 @@ class LearnerBank:
         """``||f_i - ref||^2`` over all parameters for each learner of ``idx``: ``[k]``.
 
         ``ref`` is one unstacked model (e.g. the reference vector of dynamic averaging)
-        or stacked ``[k, ...]`` (one reference per learner). Computed in row chunks
-        (``_row_chunks``) with the same operations per row as one pass, so the values
-        are bit for bit those of one pass."""
+        or stacked ``[k, ...]`` (one reference per learner). The squared norms of each
+        parameter block of the buffer's rows are summed (the values of separate
+        per-parameter tensors), in row chunks (``_row_chunks``) with the same operations
+        per row as one pass, so the values are bit for bit those of one pass."""
         index, k = self._index(idx)
-        refs = {n: ref[n].to(self.device) for n in self.names}
-        per_row = {n: refs[n].dim() == len(self.shapes[n]) + 1 for n in self.names}
+        vec, stacked = self._flat_model(ref, k)
+        return self._sq_dist(vec.to(self.device), stacked, index, k)
+
+    def _sq_dist(self, ref: Tensor, per_row: bool, index: Tensor | None, k: int,
+                 rows: Tensor | None = None) -> Tensor:
+        """``sq_dist`` against flat ``ref`` (``[P]``, or ``[k, P]`` when ``per_row``) of the
+        rows ``index``, or of ``rows`` (those rows, already gathered)."""
         total = torch.empty(k, device=self.device, dtype=torch.float32)
+        refs = None if per_row else torch.split(ref, self.numels, dim=-1)
         for s, e in self._row_chunks(k):
+            if rows is not None:
+                cur = rows[s:e]
+            else:
+                cur = self.buffer[s:e] if index is None else self.buffer.index_select(
+                    0, index[s:e])
+            chunk_refs = torch.split(ref[s:e], self.numels, dim=-1) if refs is None else refs
+            # Per parameter block: the rounding of separate tensors, and a contiguous
+            # difference to reduce (a norm over a strided view of one [rows, P] difference
+            # is 40% slower); vector_norm is one fused pass on CPU.
             part = torch.zeros(e - s, device=self.device, dtype=torch.float32)
-            rows = None if index is None else index[s:e]
-            for n in self.names:
-                p = self.params[n]
-                cur = p[s:e] if rows is None else p.index_select(0, rows)
-                d = (cur - (refs[n][s:e] if per_row[n] else refs[n])).reshape(e - s, -1)
-                part += torch.linalg.vector_norm(d, dim=1).square_()  # one fused pass on CPU
+            for block, r in zip(torch.split(cur, self.numels, dim=1), chunk_refs, strict=True):
+                part += torch.linalg.vector_norm(block - r, dim=1).square_()
             total[s:e] = part
         return total
 
@@ -544,10 +712,10 @@ class LearnerBank:
         return list(zip(starts, [*starts[1:], k], strict=True))
 
     def _stamp(self) -> tuple[int, ...]:
-        """Identity and in-place version counter of every parameter tensor: any write to
-        a parameter (a step, an assign, a protocol's in-place edit, through a view too)
-        changes it."""
-        return tuple(x for p in self.params.values() for x in (id(p), p._version))
+        """Identity and in-place version counter of the parameter buffer: any write to a
+        parameter (a step, an assign, a protocol's in-place edit, through ``params`` or
+        any other view) changes it, as views share their base's counter."""
+        return (id(self.buffer), self.buffer._version)
 
     @torch.no_grad()
     def divergence(self, idx: IndexLike = None) -> float:
@@ -559,10 +727,11 @@ class LearnerBank:
         stamp = self._stamp()
         if stamp == self._uniform_at:
             return 0.0
-        index, _ = self._index(idx)
+        index, k = self._index(idx)
         if index is None and self._divergence_at is not None and self._divergence_at[0] == stamp:
             return self._divergence_at[1]
-        value = float(self.sq_dist(self.mean(index), index).mean())
+        rows = self._rows(index)
+        value = float(self._sq_dist(self._mean_rows(rows), False, index, k, rows).mean())
         if index is None:
             self._divergence_at = (stamp, value)
         return value

@@ -7,6 +7,12 @@ gradients and optimizer state, the activations of one batched training step (sav
 the backward pass, and their gradients), one evaluation chunk, and the sample stream's
 first schedule block. Parameter counts come from the model built on the meta device (no
 storage), activations from one meta forward pass with hooks on the leaf modules.
+
+The bank's layout makes the parameter and optimizer parts exact: one ``[m, P]`` parameter
+buffer (the per-parameter tensors are views of it, no copies), one ``[m, T]`` tensor per
+kind of optimizer state (T: the trainable values), and one gradient set of the trainable
+parameters only, alive during a step (the previous step's is freed before the next one is
+computed; frozen parameters get none).
 """
 
 from __future__ import annotations
