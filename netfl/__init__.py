@@ -1,7 +1,7 @@
 """netfl: federated and decentralized learning over simulated networks.
 
     import netfl
-    scenario = netfl.load("examples/quickstart.yaml", overrides={"horizon.rounds": 20})
+    scenario = netfl.load("scenarios/quickstart.yaml", overrides={"horizon.rounds": 20})
     result = netfl.simulate(scenario)          # result.metrics is a pandas DataFrame
 
 The API is imported on first use, so ``import netfl`` (and the ``netfl`` command) stays light.
@@ -12,15 +12,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Observer", "Result", "Scenario", "load", "simulate"]
+__all__ = ["Observer", "Result", "Scenario", "load", "resume", "simulate"]
 
 if TYPE_CHECKING:
-    from netfl.api import Result, load, simulate
+    from netfl.api import Result, load, resume, simulate
     from netfl.observers import Observer
     from netfl.scenario import Scenario
 
 _WHERE = {"Observer": "netfl.observers", "Result": "netfl.api", "Scenario": "netfl.scenario",
-          "load": "netfl.api", "simulate": "netfl.api"}
+          "load": "netfl.api", "resume": "netfl.api", "simulate": "netfl.api"}
 
 
 def __getattr__(name: str) -> Any:

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netfl.observers import Observer, Progress, Tables
-from netfl.results import OutputError, Recorder, RunDir, claim_run_dir
+from netfl.results import OutputError, Recorder, RunDir, claim_run_dir, claim_to_resume
 from netfl.scenario import Scenario, ScenarioError, from_dict
 from netfl.scenario import load as load_file
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from netfl.checkpoint import Saved
     from netfl.sim.engine import Simulation
 
 CORE_TABLES = ("metrics", "learners", "events", "messages")
@@ -248,7 +249,8 @@ def simulate_into(scenario: Scenario, out: str | Path | None = None, *,
 
 def _simulate(scenario: Scenario, claim_dir: Callable[[], RunDir] | None, *, model: Any = None,
               dataset: Any = None, observers: Iterable[Observer] = (),
-              progress: bool = False, keep: bool = True) -> Result:
+              progress: bool = False, keep: bool = True, resume: Saved | None = None
+              ) -> Result:
     extra = list(observers)
     for o in extra:
         if not isinstance(o, Observer):
@@ -265,23 +267,86 @@ def _simulate(scenario: Scenario, claim_dir: Callable[[], RunDir] | None, *, mod
             recorder = None
             if claim is not None:
                 recorder = Recorder(claim, scenario.resolved(), per_learner=output.per_learner,
-                                    messages=output.messages)
+                                    messages=output.messages,
+                                    resume=None if resume is None else resume.files)
                 mine.append(recorder)
-            bar = Progress(scenario.horizon.rounds) if progress else None
+            start = 0 if resume is None else resume.round
+            bar = Progress(scenario.horizon.rounds, start) if progress else None
             started = time.perf_counter()
             built = _build(scenario, [*([bar] if bar else []), *mine, *extra], model, dataset)
-            return _run(built.simulation, scenario, guard, tables, recorder, started)
+            sim = built.simulation
+            if recorder is not None and output.checkpoint_every:
+                from netfl.checkpoint import Checkpoints
+
+                sim.checkpoints = Checkpoints(recorder.run_dir, output.checkpoint_every,
+                                              scenario_digest(scenario), recorder.lengths,
+                                              start_round=start)
+            if resume is not None:
+                from netfl.checkpoint import loads
+
+                loads(sim, resume.state)
+            return _run(sim, scenario, guard, tables, recorder, started, resume)
         except BaseException:
             guard.armed = False
             if bar is not None:
                 bar.close()
             if claim is not None:  # let the directory go; removed if nothing was written
-                claim.abandon()
+                claim.release() if resume is not None else claim.abandon()
             raise
 
 
+def scenario_digest(scenario: Scenario) -> str:
+    """The resolved scenario's hash, as sweeps name runs: a checkpoint resumes only the
+    scenario that wrote it."""
+    from netfl.sweep import digest
+
+    return digest(scenario)
+
+
+def resume(run_dir: str | Path, *, model: Any = None, dataset: Any = None,
+           observers: Iterable[Observer] = (), progress: bool = False) -> Result:
+    """Continue the run in ``run_dir`` from its last checkpoint (``output.checkpoint_every``)
+    after Ctrl-C, SIGTERM, kill -9 or a lost node: its tables are cut at the checkpoint and
+    continued, and they end as an uninterrupted run's would. ``model`` and ``dataset``: the
+    objects the run was given, if it was given any (scenario.yaml cannot hold them).
+    Raises CheckpointError (no checkpoint, a completed run, another scenario)."""
+    scenario, saved = _resumable(run_dir)
+    return _simulate(scenario, lambda: claim_to_resume(run_dir), model=model, dataset=dataset,
+                     observers=observers, progress=progress, resume=saved)
+
+
+def resume_into(run_dir: str | Path, *, progress: bool = False) -> Result:
+    """``netfl run --resume``: :func:`resume`, keeping only the metrics in memory."""
+    scenario, saved = _resumable(run_dir)
+    return _simulate(scenario, lambda: claim_to_resume(run_dir), progress=progress,
+                     keep=False, resume=saved)
+
+
+def _resumable(run_dir: str | Path) -> tuple[Scenario, Saved]:
+    """The scenario and last checkpoint of a run directory that can be resumed."""
+    from netfl.checkpoint import CheckpointError, read
+
+    run_dir = Path(run_dir)
+    saved = read(run_dir)
+    previous = read_summary(run_dir)
+    if previous is not None and previous.get("status") == "completed":
+        raise CheckpointError(f"{run_dir}: the run completed; nothing to resume")
+    scenario = load_file(run_dir / "scenario.yaml")
+    if scenario_digest(scenario) != saved.digest:
+        raise CheckpointError(f"{run_dir / 'scenario.yaml'}: differs from the scenario the "
+                              "checkpoint was taken of; resume runs the same scenario")
+    return scenario, saved
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _run(sim: Simulation, scenario: Scenario, guard: SignalGuard, tables: Tables,
-         recorder: Recorder | None, started: float) -> Result:
+         recorder: Recorder | None, started: float, resume: Saved | None = None) -> Result:
     """Run a built simulation to its end, whatever ends it, and report to the observers."""
     from netfl.sim.engine import DeadlockError, DivergedError
 
@@ -290,7 +355,7 @@ def _run(sim: Simulation, scenario: Scenario, guard: SignalGuard, tables: Tables
     write_error: OutputError | None = None
     bug: BaseException | None = None
     try:
-        sim.run()
+        sim.run(resumed=resume is not None)
         guard.armed = False
         status = "completed"
     except KeyboardInterrupt as exc:  # Interrupted (SIGINT, SIGTERM) or a bare Ctrl-C
@@ -320,6 +385,10 @@ def _run(sim: Simulation, scenario: Scenario, guard: SignalGuard, tables: Tables
                         first_reaching(metrics, scenario.eval.target_accuracy))
     summary.update(extra)
     summary.update(sim.protocol.summary())
+    if sim.checkpoints is not None:
+        summary.update(sim.checkpoints.summary())
+    if resume is not None:
+        summary["resumed_from_round"] = resume.round
     if error is not None:
         summary["error"] = error
     if run_dir is not None:

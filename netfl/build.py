@@ -7,7 +7,7 @@ seed so that adding a component never shifts another's random stream.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +29,9 @@ from netfl.learning.bank import LearnerBank
 from netfl.learning.bank import resolve_device as bank_device
 from netfl.learning.custom import custom_model
 from netfl.learning.models import ModelError, build_model, last_layer
+from netfl.learning.replicas import ReplicaBank, ReplicaSource
 from netfl.observers import Observer
-from netfl.probes.parameters import ParameterProbe, Projection, replica_seed
+from netfl.probes.parameters import ParameterProbe, Projection, one_bank_refusal, replica_seed
 from netfl.probes.representation import RepresentationProbe, local_samples
 from netfl.protocols import PROTOCOLS
 from netfl.scenario import (
@@ -259,14 +260,16 @@ def build_source(scenario: Scenario, seed: dict[str, int], device: torch.device,
 
 def build_probes(
     scenario: Scenario, seed: dict[str, int], simulation: Simulation, source: BatchSource,
-    model: torch.nn.Module | None = None,
+    model: torch.nn.Module | None = None, replicas: Replicas | None = None,
 ) -> list[Observer]:
     """The scenario's probes as observers of ``simulation``; they report their rows to its
     other observers (``Observer.on_probe``).
 
-    Probes read the bank and keep their own generators; the parameter probe gets a factory
-    of replicas (this scenario without probes, with replica r's stream seed; ``model`` is
-    the researcher's module the replicas start from, as the run did).
+    Probes read the bank and keep their own generators; the parameter probe reads its
+    replicas from the run's bank where ``replicas`` put them there (``one_bank_replicas``),
+    and otherwise gets a factory of replicas (this scenario without probes, with replica r's
+    stream seed; ``model`` is the researcher's module the replicas start from, as the run
+    did). ``source`` is the run's own (replica 0's) source.
     """
     config = scenario.probes
     if config.representation is None and config.parameters is None:
@@ -312,13 +315,62 @@ def build_probes(
             return build(bare, seed_overrides={"stream": stream}, dataset=given,
                          model=model).simulation
 
-        projection = Projection(simulation.bank.num_params, par.dims, par.projection,
-                                seed=par.seed, device=simulation.bank.device)
+        bank = None if replicas is None else replicas.bank
+        size = simulation.bank.num_params if bank is None else bank.replica_params
+        projection = Projection(size, par.dims, par.projection, seed=par.seed,
+                                device=simulation.bank.device)
         probes.append(ParameterProbe(
             replicas=par.replicas, every=par.every, estimators=par.estimators, k=par.k,
-            projection=projection, seed=par.seed, make_replica=make_replica,
+            projection=projection, seed=par.seed, make_replica=make_replica, bank=bank,
+            fallback=None if replicas is None else replicas.fallback,
         ))
     return probes
+
+
+@dataclass
+class Replicas:
+    """How the parameter probe's replicas run: ``bank``/``source`` (R x m rows of the run's
+    bank and the R replicas' sources) on the one-bank path; both None and ``fallback``
+    saying why on the separate path."""
+
+    bank: ReplicaBank | None = None
+    source: ReplicaSource | None = None
+    fallback: str | None = None
+
+
+def one_bank_replicas(
+    scenario: Scenario, seed: dict[str, int], bank: LearnerBank, source: BatchSource,
+    device: torch.device, observers: list[Observer], new_bank: Callable[[int], LearnerBank],
+) -> Replicas | None:
+    """The parameter probe's R replicas as R x m rows of one bank, where that gives exactly
+    what R separate runs give (``one_bank_refusal``; and the bank must fit ``device``), or a
+    Replicas saying why not; None without a parameter probe. ``bank`` is the run's m-row
+    bank after any pretraining (every replica starts from it), ``new_bank(rows)`` a fresh
+    bank of the scenario's options, ``source`` the run's source; replica r > 0 draws from
+    ``replica_seed(stream, r)`` like the separate replicas."""
+    par = scenario.probes.parameters
+    if par is None or scenario.learners.count < 2:
+        return None
+    refusal = one_bank_refusal(scenario, observers)
+    if refusal is None and bank.m != scenario.learners.count:
+        refusal = "the protocol trains one model at the coordinator"
+    rows = par.replicas * bank.m
+    if refusal is None:
+        try:
+            memory.check_bank(scenario, source.input_shape, source.num_classes, rows,
+                              memory.source_bytes(source), device)
+        except ScenarioError as exc:
+            refusal = f"memory: {exc}"
+    if refusal is not None:
+        return Replicas(fallback=refusal)
+    given = source.dataset if isinstance(source, DatasetSource) else None  # as make_replica
+    sources = [source] + [
+        build_source(scenario, {**seed, "stream": replica_seed(seed["stream"], r)}, device,
+                     given)
+        for r in range(1, par.replicas)
+    ]
+    return Replicas(bank=ReplicaBank.tile(bank, par.replicas, new_bank(rows)),
+                    source=ReplicaSource(sources))
 
 
 @dataclass
@@ -337,13 +389,17 @@ def build(
     seed_overrides: dict[str, int] | None = None,
     dataset: Dataset | Any = None,
     model: torch.nn.Module | None = None,
+    one_bank: bool = True,
 ) -> Built:
     """Wire a Simulation watched by ``observers`` (then the scenario's probes, which are
     observers too; ``netfl.observers``); ``seed_overrides`` replaces per-component seeds (the
     parameter probe's replicas); ``dataset`` (a netfl Dataset, or anything
     ``netfl.data.as_dataset`` takes) replaces loading ``data.dataset``; ``model`` (any
     ``torch.nn.Module`` that ``netfl.learning.custom.check_model`` accepts; not modified)
-    replaces the scenario's model kind, and every learner starts from its weights."""
+    replaces the scenario's model kind, and every learner starts from its weights.
+    ``one_bank=False`` runs the parameter probe's replicas as separate simulations even
+    where they could train in the run's bank (the reference the tests compare with)."""
+    observers = list(observers)
     seed = seeds(scenario.seed)
     seed.update(seed_overrides or {})
     device = resolve_device(scenario.device)
@@ -372,15 +428,24 @@ def build(
             raise ScenarioError(str(exc)) from exc
         init = "given"
     opt = scenario.optimizer
-    bank = LearnerBank(
-        model, needs.bank_size, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
-        weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps, reduction=opt.reduction,
-        device=device, seed=seed["init"], init_noise=scenario.learners.init_noise,
-        trainable=trainable, loss=loss_for(source), init=init,
-        input_shape=None if init == "reset" else source.input_shape,  # built-ins know theirs
-    )
+
+    def new_bank(rows: int) -> LearnerBank:
+        return LearnerBank(
+            model, rows, optimizer=opt.name, lr=opt.lr, momentum=opt.momentum,
+            weight_decay=opt.weight_decay, betas=opt.betas, eps=opt.eps,
+            reduction=opt.reduction, device=device, seed=seed["init"],
+            init_noise=scenario.learners.init_noise, trainable=trainable,
+            loss=loss_for(source), init=init,
+            input_shape=None if init == "reset" else source.input_shape,  # built-ins know theirs
+        )
+
+    bank = new_bank(needs.bank_size)
     if spec.pretrain_steps:
         bank.assign(bank.all_idx, pretrain(scenario, model, source, device, seed["init"], init))
+    # the parameter probe's replicas as rows of this run's bank, where that is exact
+    replicas = (one_bank_replicas(scenario, seed, bank, source, device, observers, new_bank)
+                if one_bank else Replicas(fallback="build(one_bank=False)"))
+    replicated = replicas is not None and replicas.bank is not None
 
     times = step_times(scenario.learners.compute_time, m, np.random.default_rng(seed["compute"]))
     devices = load_devices(scenario, seed["devices"])
@@ -423,7 +488,8 @@ def build(
                             "samples, not models")
 
     simulation = Simulation(
-        env=env, network=network, bank=bank, source=source,
+        env=env, network=network, bank=replicas.bank if replicated else bank,
+        source=replicas.source if replicated else source,
         protocol_factory=make_protocol, tick=tick, durations=durations,
         horizon_rounds=scenario.horizon.rounds, horizon_time=scenario.horizon.sim_time,
         eval_every=evaluation.every, divergence_every=evaluation.divergence_every,
@@ -431,6 +497,8 @@ def build(
         uplink=uplink, downlink=downlink,
         batches_per_step=needs.batches_per_step,
     )
+    if replicated:  # the wire carries R replicas' models; charge one replica's bytes
+        simulation.message_size = replicas.bank.message_size
     if failures is not None:
         failures.quiet = simulation.quiet
         failures.on_event = simulation.observers.event  # events.csv rows
@@ -440,7 +508,7 @@ def build(
         simulation.availability = True
         availability.start()
     probes = build_probes(scenario, seed, simulation, source,
-                          model=model if init == "given" else None)
+                          model=model if init == "given" else None, replicas=replicas)
     simulation.observers.extend(probes)
     return Built(simulation, source, graph, device, probes)
 

@@ -35,6 +35,7 @@ scenario_mod = _lazy("netfl.scenario")
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Exception types that mean 'fix your input', gathered lazily to keep start-up light."""
+    from netfl.checkpoint import CheckpointError
     from netfl.data.datasets import DataError
     from netfl.learning.models import ModelError
     from netfl.plots import PlotError
@@ -42,7 +43,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from netfl.sim.topology import TopologyError
 
     return (scenario_mod.ScenarioError, DataError, ModelError, OutputError, TopologyError,
-            PlotError)
+            PlotError, CheckpointError)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -58,10 +59,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     """Exit 0 completed, 3 diverged, 130/143 interrupted by SIGINT/SIGTERM (128 + signal)."""
     import signal
 
-    from netfl.api import simulate_into
+    from netfl.api import resume_into, simulate_into
 
-    scenario = scenario_mod.load(args.file, args.set)
-    summary = simulate_into(scenario, args.out, progress=not args.quiet).summary
+    if args.resume is not None:
+        if args.file is not None or args.set or args.out is not None:
+            raise scenario_mod.ScenarioError("--resume RUN_DIR takes the scenario from the run "
+                                             "directory: give no scenario file, --set or --out")
+        summary = resume_into(args.resume, progress=not args.quiet).summary
+    else:
+        if args.file is None:
+            raise scenario_mod.ScenarioError("netfl run: give a scenario file, or --resume "
+                                             "RUN_DIR")
+        scenario = scenario_mod.load(args.file, args.set)
+        summary = simulate_into(scenario, args.out, progress=not args.quiet).summary
     print(json.dumps(summary, indent=2))
     if summary["status"] == "interrupted":
         return 128 + signal.Signals[summary.get("interrupted_by", "SIGINT")].value
@@ -76,13 +86,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from netfl import sweep
-    from netfl.sweep_exec import previous, run_sweep
+    from netfl.sweep_exec import previous, run_sweep, start_workers
 
     if args.engine != "ray" and (args.address is not None or args.gpus_per_run):
         raise scenario_mod.ScenarioError("--address and --gpus-per-run need --engine ray")
     if args.engine == "ray" and args.workers is not None:
         raise scenario_mod.ScenarioError("--workers is for --engine local; Ray gives each run "
                                          "one CPU (and --gpus-per-run GPUs)")
+    if args.engine == "local" and not args.dry_run:  # its imports overlap the load below
+        start_workers(args.workers or os.cpu_count() or 1)
     scenarios = sweep.load(args.file, args.set)
     if args.dry_run:
         for s in scenarios:
@@ -142,16 +154,19 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="netfl", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
 
-    def scenario_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("file", help="scenario YAML file")
+    def scenario_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+        p.add_argument("file", help="scenario YAML file", nargs="?" if optional else None)
         p.add_argument(
             "--set", action="append", default=[], metavar="KEY.PATH=VALUE",
             help="override a scenario key, e.g. --set protocol.b=4 (repeatable)",
         )
 
     p_run = sub.add_parser("run", help="run a scenario and write a run directory")
-    scenario_args(p_run)
+    scenario_args(p_run, optional=True)
     p_run.add_argument("--out", help="run directory (must not exist or be empty)")
+    p_run.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue an interrupted run from its last checkpoint "
+                       "(output.checkpoint_every)")
     p_run.add_argument("--quiet", action="store_true", help="no progress bar")
     p_run.set_defaults(func=_cmd_run)
 

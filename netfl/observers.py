@@ -177,6 +177,13 @@ class Tables(Observer):
         self.columns.setdefault(table, list(columns))
         self.rows.setdefault(table, []).extend(rows)
 
+    def checkpoint_state(self) -> Any:
+        """What a checkpoint keeps of this observer (netfl.checkpoint): the rows so far."""
+        return self.rows, self.columns
+
+    def restore_state(self, state: Any) -> None:
+        self.rows, self.columns = state
+
     def on_start(self, sim: Simulation) -> None:
         from netfl.results import metrics_columns
 
@@ -218,10 +225,11 @@ class Tables(Observer):
 class Progress(Observer):
     """A tqdm bar of rounds with simulated time, bytes and mean loss."""
 
-    def __init__(self, total: int | None) -> None:
+    def __init__(self, total: int | None, initial: int = 0) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, unit="round", dynamic_ncols=True, leave=True)
+        self.bar = tqdm(total=total, initial=initial, unit="round", dynamic_ncols=True,
+                        leave=True)
 
     def on_round(self, sim: Simulation, row: dict[str, Any]) -> None:
         self.bar.update(1)

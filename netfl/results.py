@@ -126,6 +126,44 @@ def claim_run_dir(out: str | Path | None, name: str, base: str = "runs") -> RunD
     raise OutputError(f"{parent}: no free run directory name for {stamp}")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def claim_to_resume(path: str | Path) -> RunDir:
+    """An existing run directory claimed to resume it. A lock left by a run that was killed
+    (kill -9, a node lost) names a process that no longer exists: it is taken over."""
+    path = Path(path)
+    lock = path / LOCK
+    if lock.exists():
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pid = -1
+        if pid > 0 and pid != os.getpid() and _alive(pid):
+            raise OutputError(f"{path}: in use by another run (process {pid}); wait for it "
+                              "or stop it before resuming")
+        try:
+            lock.unlink()
+        except OSError as exc:
+            raise _cannot(lock, exc, "cannot take over the lock") from None
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        raise OutputError(f"{path}: in use by another run; choose another --out") from None
+    except OSError as exc:
+        raise _cannot(path, exc, "cannot claim the run directory") from None
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    return RunDir(path, created=False)
+
+
 def prepare_run_dir(out: str | None, name: str, base: str = "runs") -> Path:
     """A fresh, empty directory (claimed, then let go): for a sweep's own directory."""
     claimed = claim_run_dir(out, name, base)
@@ -138,18 +176,32 @@ def _open(path: Path) -> IO[str]:
 
 
 class _Table:
-    """A CSV file that is flushed after every write; a failed write names the file."""
+    """A CSV file that is flushed after every write; a failed write names the file.
+    ``append``: a resumed run's file (already cut at its checkpoint): its header stays and
+    the columns are read from it."""
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    def __init__(self, path: Path, columns: list[str], *, append: bool = False) -> None:
         self.path = path
-        self.columns = list(columns)
         try:
-            self.handle: IO[str] = _open(path)
+            if append:
+                with path.open(newline="") as handle:
+                    columns = next(csv.reader(handle))
+                self.handle: IO[str] = path.open("a", newline="")
+            else:
+                self.handle = _open(path)
+            self.columns = list(columns)
             self.writer = csv.DictWriter(self.handle, self.columns, extrasaction="ignore")
-            self.writer.writeheader()
+            if not append:
+                self.writer.writeheader()
             self.handle.flush()
-        except OSError as exc:
-            raise _cannot(path, exc) from None
+        except (OSError, StopIteration) as exc:
+            raise _cannot(path, exc if isinstance(exc, OSError) else OSError("empty file")) \
+                from None
+
+    def length(self) -> int:
+        """Bytes written so far (flushed): where a resumed run cuts this file."""
+        self.handle.flush()
+        return self.handle.tell()
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         try:
@@ -180,7 +232,8 @@ class Recorder(Observer):
     """
 
     def __init__(self, run_dir: RunDir | Path, scenario: dict[str, Any], *,
-                 per_learner: bool = False, messages: bool = False) -> None:
+                 per_learner: bool = False, messages: bool = False,
+                 resume: dict[str, int] | None = None) -> None:
         self.claim = run_dir if isinstance(run_dir, RunDir) else None
         self.run_dir = Path(run_dir)
         self.scenario = scenario
@@ -189,6 +242,33 @@ class Recorder(Observer):
         self._tables: dict[str, _Table] = {}
         self._buffers: dict[str, tuple[list[str], list[dict[str, Any]]]] = {}
         self.failed: OutputError | None = None
+        self._resumed: set[str] = set()  # tables a resumed run appends to
+        if resume is not None:
+            self._resume(resume)
+
+    def _resume(self, files: dict[str, int]) -> None:
+        """Cut every table at its length at the checkpoint (rows after it are written again,
+        the same), drop tables begun after it, and reopen metrics.csv to append."""
+        for path in sorted(self.run_dir.glob("*.csv")):
+            try:
+                if path.name in files:
+                    with path.open("r+b") as handle:
+                        handle.truncate(files[path.name])
+                else:
+                    path.unlink()
+            except OSError as exc:
+                raise _cannot(path, exc) from None
+        self._resumed = {name.removesuffix(".csv") for name in files}
+        if "metrics" not in self._resumed:
+            raise OutputError(f"{self.run_dir / 'metrics.csv'}: missing; cannot resume")
+        self.rounds = _Table(self.run_dir / "metrics.csv", [], append=True)
+
+    def lengths(self) -> dict[str, int]:
+        """Every table's length in bytes now, buffered rows written first (a checkpoint)."""
+        for table in list(self._buffers):
+            self._flush_buffer(table)
+        tables = {"metrics": self.rounds, **self._tables}
+        return {f"{name}.csv": t.length() for name, t in tables.items() if t is not None}
 
     def listens(self, event: str) -> bool:
         if event == "on_learners":
@@ -262,7 +342,8 @@ class Recorder(Observer):
     def rows(self, table: str, columns: list[str], rows: list[dict[str, Any]]) -> None:
         """Rows of a secondary table (per learner, events, probes), created on first use."""
         if table not in self._tables:
-            self._tables[table] = _Table(self.run_dir / f"{table}.csv", columns)
+            self._tables[table] = _Table(self.run_dir / f"{table}.csv", columns,
+                                         append=table in self._resumed)
         self._tables[table].write(rows)
 
     def close(self, summary: dict[str, Any], links: list[dict[str, Any]] | None = None):

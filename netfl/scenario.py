@@ -592,6 +592,10 @@ class OutputConfig(Section):
     dir: str | None = None
     per_learner: bool = False
     messages: bool = Field(default=False, description="messages.csv: one row per message")
+    checkpoint_every: int | None = Field(
+        default=None, ge=1, description="save the run's state after every k-th round, at "
+        "the first step with no message in flight (checkpoint.pkl); netfl run --resume "
+        "RUN_DIR continues from the last one")
 
 
 class Scenario(Section):

@@ -10,8 +10,9 @@ error and the sweep goes on; Ctrl-C (or SIGTERM) stops the sweep and the running
 runs, which leave summaries saying interrupted.
 
 Runs go one after another in this process, in worker processes (one torch
-thread each, the `spawn` start method), or as Ray tasks, which Ray schedules
-on a local instance or a cluster.
+thread each, forked from a fork server that imported what a run imports, or
+spawned where the platform has no fork server), or as Ray tasks, which Ray
+schedules on a local instance or a cluster.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class SweepRows(list[dict[str, Any]]):
 
 
 # --------------------------------------------------------------------- one run
+
+
+CHECKPOINT = "checkpoint.pkl"  # netfl.checkpoint.FILE, without importing torch here
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -101,7 +105,12 @@ def run_one(scenario: Scenario, run_dir: str, *, progress: bool = False,
     from netfl.run import RunError, run
 
     try:
-        summary = run(scenario, run_dir, progress=progress)
+        if (Path(run_dir) / CHECKPOINT).is_file():  # an earlier attempt's: carry on from it
+            from netfl.api import resume_into
+
+            summary = resume_into(run_dir, progress=progress).summary
+        else:
+            summary = run(scenario, run_dir, progress=progress)
     except KeyboardInterrupt:
         return _interrupted(run_dir)
     except RunError as exc:
@@ -193,15 +202,44 @@ def _future_outcome(future: Future, run_dir: Path, interrupted: bool) -> Outcome
         return {"status": "failed", "summary": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
+# What every run imports lazily, beyond netfl.api: the build (with the simulator, learners
+# and data), torch._dynamo (torch.func and the memory check's meta-device forward import
+# it: ~800 modules) and scikit-learn's datasets (the digits). A worker that had to import
+# them itself would spend seconds of CPU on its first run; forked from a fork server that
+# imported them, it never does.
+RUN_IMPORTS = ("netfl.api", "netfl.sweep_exec", "netfl.run", "netfl.build", "torch._dynamo",
+               "sklearn.datasets")
+
+
+def _preload() -> list[str]:
+    """What the fork server imports before it forks a worker: RUN_IMPORTS, then every netfl
+    module this process has imported (after the sweep's build check: what its runs use)."""
+    ours = [name for name, module in list(sys.modules.items())
+            if name.split(".")[0] == "netfl" and not name.endswith("__main__")
+            and getattr(module, "__spec__", None) is not None]
+    return list(dict.fromkeys([*RUN_IMPORTS, *ours]))
+
+
 def _worker_context() -> Any:
     """forkserver with netfl (and torch) preloaded where the platform has it: each worker is
     forked from a server that imported them once, before any thread started, so it skips
     the seconds a spawned interpreter spends importing torch; spawn elsewhere."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["netfl.api", "netfl.sweep_exec"])
+        context.set_forkserver_preload(_preload())
         return context
     return multiprocessing.get_context("spawn")
+
+
+def start_workers(workers: int) -> None:
+    """Start the fork server now, for a sweep about to run in ``workers`` processes, so that
+    its imports (seconds of CPU) overlap this process's loading and build-checking of the
+    sweep instead of following them. Nothing for one worker, or where workers are spawned."""
+    if workers > 1 and "forkserver" in multiprocessing.get_all_start_methods():
+        _worker_context()
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 def _processes(jobs: list[Job], record: Callable[[int, Outcome], None], workers: int) -> bool:
@@ -359,6 +397,20 @@ def previous(run_dir: Path, expected: str) -> tuple[str, dict[str, Any] | None]:
     return "retry", summary
 
 
+def resumable(run_dir: Path, expected: str, summary: dict[str, Any] | None) -> int | None:
+    """The round an earlier attempt's checkpoint resumes from (output.checkpoint_every), or
+    None when it has none of this scenario (then the attempt is set aside and rerun)."""
+    from netfl.checkpoint import CheckpointError, read
+
+    if summary is not None and summary.get("status") in ("completed", "diverged", "failed"):
+        return None
+    try:
+        saved = read(run_dir)
+    except CheckpointError:
+        return None
+    return saved.round if saved.digest == expected else None
+
+
 def set_aside(out: Path, name: str) -> Path:
     """Move an earlier, unfinished attempt (or an earlier sweep's table) to
     out/.attempts/<name>.<n> (first free n)."""
@@ -424,9 +476,14 @@ def run_sweep(scenarios: list[Scenario], out: str | Path, *, progress: bool = Fa
                 rows[index] = table_row(s, summary, swept, digest=d)
                 continue
             if state == "retry":
-                target = set_aside(out, s.name)
                 what = summary.get("status") if summary else "unfinished"
-                print(f"{s.name}: earlier attempt ({what}) moved to {target}", file=log)
+                at = resumable(out / s.name, d, summary)
+                if at is not None:
+                    print(f"{s.name}: earlier attempt ({what}) resumes from its checkpoint at "
+                          f"round {at}", file=log)
+                else:
+                    target = set_aside(out, s.name)
+                    print(f"{s.name}: earlier attempt ({what}) moved to {target}", file=log)
             jobs.append((index, s, out / s.name))
         names = {s.name for s in sweep}
         strangers = sorted(p.name for p in out.iterdir()

@@ -139,7 +139,7 @@ def test_replicas_share_initialization_and_differ_after_training():
     s = scenario(learners={"count": 2}, protocol={"name": "nosync"}, horizon={"rounds": 5},
                  probes={"parameters": {"replicas": 3, "every": 5, "estimators": ["ksg"],
                                         "k": 1}})
-    built, _ = collect(s)
+    built = build(s, one_bank=False)  # separate replicas (one bank: test_probe_replicas.py)
     probe = built.probes[0]
     main, one, two = built.simulation, probe.make_replica(1), probe.make_replica(2)
     start = main.bank.flat()

@@ -198,3 +198,44 @@ def test_engine_ray_without_ray_says_how_to_install_it(tmp_path, capsys, monkeyp
                  "--engine", "ray"]) == 2
     assert capsys.readouterr().err == f"error: {RAY_MISSING}\n"
     assert not out.exists()
+
+
+def test_the_fork_server_preloads_what_a_run_imports():
+    """A module the fork server cannot import is skipped without a word (multiprocessing
+    ignores the ImportError), leaving each worker to import it on its first run."""
+    import importlib.util
+
+    from netfl.sweep_exec import RUN_IMPORTS, _preload
+
+    names = _preload()
+    assert names[:len(RUN_IMPORTS)] == list(RUN_IMPORTS)
+    assert len(names) == len(set(names))
+    assert all(importlib.util.find_spec(name) is not None for name in RUN_IMPORTS)
+    ours = {name for name, module in sys.modules.items()
+            if name.startswith("netfl.") and getattr(module, "__spec__", None) is not None}
+    assert ours <= set(names)
+    assert not any(name.endswith("__main__") for name in names)
+
+
+def test_the_fork_server_starts_before_the_sweep_is_loaded(tmp_path, monkeypatch):
+    from multiprocessing import forkserver
+
+    import netfl.sweep_exec
+
+    calls: list[object] = []
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: calls.append("server"))
+    netfl.sweep_exec.start_workers(1)
+    assert calls == []  # one worker: the runs go in this process
+    netfl.sweep_exec.start_workers(2)
+    assert calls == ["server"]
+
+    calls.clear()
+    monkeypatch.setattr(netfl.sweep_exec, "start_workers", lambda n: calls.append(("start", n)))
+    real_load = sweep.load
+    monkeypatch.setattr(sweep, "load", lambda *a: calls.append("load") or real_load(*a))
+    path, out = sweep_file(tmp_path, [0]), tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--quiet", "--workers", "3"]) == 0
+    assert calls == [("start", 3), "load"]
+    calls.clear()
+    assert main(["sweep", str(path), "--dry-run", "--workers", "3"]) == 0
+    assert calls == ["load"]

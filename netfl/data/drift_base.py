@@ -68,6 +68,10 @@ class LRU(OrderedDict):
         super().__init__()
         self.size = size
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its bound (a checkpoint holds the caches too)."""
+        return type(self), (self.size,), None, None, iter(self.items())
+
     def get_or(self, key: Any, make: Any) -> Any:
         if key in self:
             self.move_to_end(key)

@@ -27,16 +27,29 @@ a lower bound of the MI between the full vectors. The Gaussian estimate of two d
 vectors from R samples has a positive bias of about ``d^2 / (2 R ln 2)`` bits (scenario
 validation requires R > 2d); KSG is nearly unbiased at MI 0 but noisy at small R.
 
-Replicas run as R - 1 separate simulations, in process and one after the other, the first
-time the run reaches a probe round; each keeps only its projected coordinates, distances and
-divergence at the probe rounds. They share nothing with the run (own bank, network, streams),
-so the run's metrics are those of the same scenario without probes.
+Replicas run one of two ways (the ``replica_path`` column says which):
+
+* ``one_bank``: inside the run, as R x m rows of its bank (``netfl.learning.replicas``): one
+  batched step trains every replica, the protocol averages each replica's learners among
+  themselves without knowing, messages are charged one replica's bytes, and the metrics
+  are replica 0's, byte for byte those of the run without the probe (on CPU, in the tests
+  and on seed 002's setups; CUDA's batched kernels are unchecked). Taken where that is
+  exact (``one_bank_refusal``): full float32 models on the wire (no codec), a protocol
+  whose timing and results never depend on model values (``ONE_BANK_PROTOCOLS``), no
+  observer of uploads, and a bank of R x m rows that fits the device.
+* ``separate``: otherwise, R - 1 separate simulations, in process and one after the other,
+  the first time the run reaches a probe round; each keeps only its projected coordinates,
+  distances and divergence at the probe rounds. They share nothing with the run (own bank,
+  network, streams).
+
+Both give the same rows (tests/test_probe_replicas.py) and leave the run's metrics as they
+are without probes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
@@ -48,19 +61,41 @@ from netfl.observers import Observer
 from netfl.probes.mi import estimate
 
 if TYPE_CHECKING:
+    from netfl.learning.replicas import ReplicaBank
     from netfl.sim.engine import Simulation
 
 TABLE = "probes_parameters"
 DISTANCES = ("dist_euclidean", "dist_manhattan", "dist_chebyshev")
 SEEDED = ("edge", "ksg")
+# Protocols whose messages, timing and summary never depend on model values, and whose model
+# arithmetic is elementwise or row-linear (averages, mixing, server optimizers, FedProx):
+# their replicas can share one bank. Not dynamic (a violation depends on the models), serial
+# (ships samples), scaffold (its summary reads the norm of the control variate).
+ONE_BANK_PROTOCOLS = frozenset({"nosync", "continuous", "periodic", "fedavg", "gossip", "dpsgd",
+                                "hierarchical", "fedasync", "fedbuff"})
 
 
 def columns(estimators: list[str]) -> list[str]:
     """Columns of probes_parameters.csv for the chosen estimators."""
     return [
         "round", "sim_time_s", "learner_a", "learner_b", "replicas", "dims",
-        *[f"mi_{e}_bits" for e in estimators], *DISTANCES, "divergence",
+        *[f"mi_{e}_bits" for e in estimators], *DISTANCES, "divergence", "replica_path",
     ]
+
+
+def one_bank_refusal(scenario: Any, observers: Iterable[Observer] = ()) -> str | None:
+    """Why the replicas of ``scenario``'s parameter probe cannot train as rows of the run's
+    bank (None: they can; memory is the build's check)."""
+    name = scenario.protocol.name
+    if name not in ONE_BANK_PROTOCOLS:
+        return (f"protocol {name}: its timing or results depend on model values, or it does "
+                "not send models")
+    for direction in ("uplink", "downlink"):
+        if getattr(scenario.compression, direction) is not None:
+            return f"compression.{direction}: a codec's state and draws span one model"
+    if any(o.listens("on_upload") for o in observers):
+        return "an observer reads uploads (on_upload), which would see every replica"
+    return None
 
 
 def replica_seed(stream_seed: int, replica: int) -> int:
@@ -148,6 +183,22 @@ def snapshot(sim: Simulation, projection: Projection) -> Snapshot:
     )
 
 
+def bank_snapshots(sim: Simulation, bank: ReplicaBank, projection: Projection
+                   ) -> list[Snapshot]:
+    """Every replica's snapshot from the rows of one bank, with the very operations (and
+    shapes) ``snapshot`` applies to a replica's own m-row bank, so the values are the same.
+    One pass per replica, at probe rounds only."""
+    now = round(sim.env.now, 9)
+    out = []
+    for r in range(bank.replicas):
+        flat = bank.replica_flat(r)
+        out.append(Snapshot(
+            coords=projection(flat), dists=pair_distances(flat),
+            divergence=bank.divergence(replica=r) if bank.m > 1 else 0.0, sim_time_s=now,
+        ))
+    return out
+
+
 class ReplicaRecorder(Observer):
     """Observer of a replica: keeps its snapshots at the probe rounds, by round."""
 
@@ -179,11 +230,14 @@ def mi_between(
 
 
 class ParameterProbe(Observer):
-    """Observer of the run (replica 0); runs replicas 1..R-1 and writes probes_parameters rows
-    to the run's observers (on_probe).
+    """Observer of the run (replica 0); writes probes_parameters rows to the run's
+    observers (on_probe).
 
+    With ``bank`` (the run's ReplicaBank) every replica lives in the run and is read from
+    it (path ``one_bank``). Without it the probe runs replicas 1..R-1 itself (``separate``):
     ``make_replica(r)`` returns a fresh Simulation of the same scenario without probes and
     with replica r's stream seed; build.py provides it, so the probe never imports build.
+    ``fallback`` says why the replicas are separate (None on the one-bank path).
     """
 
     def __init__(
@@ -196,6 +250,8 @@ class ParameterProbe(Observer):
         projection: Projection,
         seed: int,
         make_replica: Callable[[int], Simulation],
+        bank: ReplicaBank | None = None,
+        fallback: str | None = None,
     ) -> None:
         self.replicas = replicas
         self.every = every
@@ -204,6 +260,11 @@ class ParameterProbe(Observer):
         self.projection = projection
         self.seed = seed
         self.make_replica = make_replica
+        if bank is not None and bank.replicas != replicas:
+            raise ValueError(f"bank: holds {bank.replicas} replicas, the probe wants {replicas}")
+        self.bank = bank
+        self.path = "separate" if bank is None else "one_bank"
+        self.fallback = fallback
         self.columns = columns(self.estimators)
         self._others: list[dict[int, Snapshot]] | None = None
 
@@ -224,8 +285,11 @@ class ParameterProbe(Observer):
         rnd = int(row["round"])
         if rnd % self.every:
             return
-        own = snapshot(sim, self.projection)
-        samples = [own] + [o[rnd] for o in self.run_replicas() if rnd in o]
+        if self.bank is not None:
+            samples = bank_snapshots(sim, self.bank, self.projection)
+        else:
+            own = snapshot(sim, self.projection)
+            samples = [own] + [o[rnd] for o in self.run_replicas() if rnd in o]
         sim.observers.probe(TABLE, self.columns, self.rows(rnd, samples))
 
     def rows(self, rnd: int, samples: list[Snapshot]) -> list[dict[str, Any]]:
@@ -240,7 +304,7 @@ class ParameterProbe(Observer):
                 "round": rnd, "sim_time_s": samples[0].sim_time_s,
                 "learner_a": pair[0], "learner_b": pair[1],
                 "replicas": len(samples), "dims": coords.shape[2],
-                "divergence": divergence,
+                "divergence": divergence, "replica_path": self.path,
             }
             row.update({f"mi_{name}_bits": v for name, v in values.items()})
             row.update(dict(zip(DISTANCES, dists[j].tolist())))

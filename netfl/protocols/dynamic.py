@@ -25,6 +25,8 @@ every further augmentation, so no partial balancing is ever sent with v >= m.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +37,7 @@ from pydantic import Field
 from netfl.protocols.base import Protocol
 from netfl.schema import PositiveSeconds, Section
 from netfl.sim import wire
+from netfl.sim.instant import starting as _starting
 from netfl.sim.interface import COORDINATOR, SimulationAPI
 
 COUNTERS = ("violations", "balancings", "augmentations", "full_syncs", "reference_updates")
@@ -54,6 +57,17 @@ def augment(members: set[int], m: int, strategy: str, rng: np.random.Generator) 
     if strategy == "all" or len(rest) <= len(members):
         return rest.tolist()
     return np.sort(rng.choice(rest, size=len(members), replace=False)).tolist()
+
+
+@dataclass
+class _Balancing:
+    """The coordinator's balancing in progress: B's models, the reference it started from,
+    whether every learner was asked, and |B| before the last query."""
+
+    models: dict[int, torch.Tensor]
+    reference: torch.Tensor
+    complete: bool = False
+    before: int = 0
 
 
 class DynamicConfig(Section):
@@ -86,6 +100,7 @@ class Dynamic(Protocol):
         self.replies: dict[int, simpy.Event] = {}
         self.late: set[int] = set()  # queried learners whose reply missed the deadline
         self.last_model_sent = np.full(sim.m, -np.inf)
+        self._balancing: _Balancing | None = None  # the set B being balanced, if any
         for name in COUNTERS:
             sim.counters[name] = 0
 
@@ -95,7 +110,7 @@ class Dynamic(Protocol):
         return self.channel.bases[self.channel.version]
 
     def start(self) -> None:
-        self.sim.env.process(self._coordinator())
+        _starting(self.sim.env, self._wait_violation)
 
     # ---------------------------------------------------------------- learners
 
@@ -192,32 +207,79 @@ class Dynamic(Protocol):
 
     # ------------------------------------------------------------- coordinator
 
-    def _coordinator(self):
+    # A state machine driven by event callbacks, not a generator process, so that a
+    # checkpoint can pickle it (netfl.checkpoint); it waits on the same events in the same
+    # order a process would: the inbox's next violation, then each query's replies.
+
+    def _wait_violation(self, _event: simpy.Event | None = None) -> None:
+        self.inbox.get().callbacks.append(self._on_violation)
+
+    def _on_violation(self, event: simpy.Event) -> None:
+        models = self._collect([event.value])
+        if not models:
+            self._wait_violation()
+            return
+        self.violation_counter += len(models)
+        self._balancing = _Balancing(models, self.reference.clone())
+        self._balance()
+
+    def _balance(self) -> None:
+        """Grow B until its mean is close enough to r (or B is everyone), then send it."""
+        sim, state = self.sim, self._balancing
+        models = state.models
+        while len(models) < sim.m:
+            # v counts every violation, also those that arrived during a query, so the
+            # full-synchronization test v = m is made again after each one
+            if self.violation_counter >= sim.m:
+                added = [i for i in range(sim.m) if i not in models]
+                state.complete = True
+            elif self._too_far(models, state.reference):
+                added = augment(set(models), sim.m, self.config.augmentation, self.rng)
+                sim.counters["augmentations"] += 1
+            else:
+                break
+            state.before = len(models)
+            if added:
+                self._query(added)
+                return  # _queried carries on once the replies are in
+            break  # nobody to ask (len(models) == before)
+        self._finish()
+
+    def _finish(self) -> None:
+        state, self._balancing = self._balancing, None
+        self._send_average(state.models, full=state.complete or len(state.models) == self.sim.m)
+        self._wait_violation()
+
+    def _query(self, added: list[int]) -> None:
+        """Request the models of ``added``; ``_queried`` runs once every reply is in (or at
+        the deadline)."""
         sim = self.sim
-        while True:
-            first = yield self.inbox.get()
-            models = self._collect([first])
-            if not models:
-                continue
-            self.violation_counter += len(models)
-            reference = self.reference.clone()
-            complete = False  # every learner was asked: a full sync of those that answered
-            while len(models) < sim.m:
-                # v counts every violation, also those that arrived during a query, so the
-                # full-synchronization test v = m is made again after each one
-                if self.violation_counter >= sim.m:
-                    added = [i for i in range(sim.m) if i not in models]
-                    complete = True
-                elif self._too_far(models, reference):
-                    added = augment(set(models), sim.m, self.config.augmentation, self.rng)
-                    sim.counters["augmentations"] += 1
-                else:
-                    break
-                before = len(models)
-                yield from self._query(models, added)
-                if complete or len(models) == before:
-                    break  # the rest were unreachable (offline, lost): balance what answered
-            self._send_average(models, full=complete or len(models) == sim.m)
+        self.replies = {i: sim.env.event() for i in added}
+        for learner in added:
+            request = sim.send("request", COORDINATOR, learner, 0, b"")
+            request.callbacks.append(self._on_request)
+        everyone = sim.env.all_of(list(self.replies.values()))
+        if self.config.deadline is not None:
+            everyone = everyone | sim.env.timeout(self.config.deadline)
+        everyone.callbacks.append(self._queried)
+
+    def _queried(self, _event: simpy.Event) -> None:
+        """The replies are in: late violations join B too, then B grows on or is sent."""
+        state = self._balancing
+        models = state.models
+        self.late.update(i for i, ev in self.replies.items() if not ev.triggered)
+        messages = [ev.value for ev in self.replies.values() if ev.triggered]
+        messages = [msg for msg in messages if msg is not None]  # None: given up
+        if messages:
+            vectors = self.channel.decode_up([msg.payload for msg in messages])
+            models.update({msg.src: vec for msg, vec in zip(messages, vectors)})
+        late = self._collect([])
+        self.violation_counter += len(late)
+        models.update(late)
+        if state.complete or len(models) == state.before:
+            self._finish()  # the rest were unreachable (offline, lost): balance what answered
+        else:
+            self._balance()
 
     def _collect(self, messages: list) -> dict[int, torch.Tensor]:
         """Violation models that are not stale (sent before the learner got a newer model)."""
@@ -232,30 +294,6 @@ class Dynamic(Protocol):
     def _too_far(self, models: dict[int, torch.Tensor], reference: torch.Tensor) -> bool:
         mean = torch.stack(list(models.values())).mean(dim=0)
         return float(((mean - reference) ** 2).sum()) > self.delta
-
-    def _query(self, models: dict[int, torch.Tensor], added: list[int]):
-        """Request the models of `added` and wait for every reply; late violations join B."""
-        sim = self.sim
-        if not added:
-            return
-        self.replies = {i: sim.env.event() for i in added}
-        for learner in added:
-            request = sim.send("request", COORDINATOR, learner, 0, b"")
-            request.callbacks.append(self._on_request)
-        everyone = sim.env.all_of(list(self.replies.values()))
-        if self.config.deadline is None:
-            yield everyone
-        else:
-            yield everyone | sim.env.timeout(self.config.deadline)
-        self.late.update(i for i, ev in self.replies.items() if not ev.triggered)
-        messages = [ev.value for ev in self.replies.values() if ev.triggered]
-        messages = [msg for msg in messages if msg is not None]  # None: given up
-        if messages:
-            vectors = self.channel.decode_up([msg.payload for msg in messages])
-            models.update({msg.src: vec for msg, vec in zip(messages, vectors)})
-        late = self._collect([])
-        self.violation_counter += len(late)
-        models.update(late)
 
     def _send_average(self, models: dict[int, torch.Tensor], full: bool) -> None:
         """Send mean(B) to B; ``full``: B is every learner that could answer (all m, or all
@@ -277,4 +315,4 @@ class Dynamic(Protocol):
         for learner in members:
             self.last_model_sent[learner] = sim.env.now
             event = sim.send(kind, COORDINATOR, learner, int(sim.rounds_done[learner]), payload)
-            event.callbacks.append(lambda ev, v=version: self._on_model(ev, v))
+            event.callbacks.append(partial(self._on_model, version=version))

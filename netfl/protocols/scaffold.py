@@ -129,6 +129,19 @@ class Scaffold(StarAveraging):
         self.start_round[learner] = self.sim.rounds_done[learner]
         self.sim.bank.set_correction(c - self.ci[learner], learner)
 
+    def _received_many(self, learners: np.ndarray, payload: bytes, version: int) -> None:
+        """``_received`` for each of ``learners`` at once: one decode, one deliver, one
+        correction update of their rows."""
+        self._received(int(learners[0]), payload, version)
+        if len(learners) == 1:
+            return
+        _, model, c = self._last
+        rest = learners[1:]
+        self.sim.deliver_many(rest, model)
+        self.start_round[rest] = self.sim.rounds_done[rest]
+        idx = self.sim.index(rest)
+        self.sim.bank.set_correction(c - self.ci.index_select(0, idx), idx)
+
     # ---------------------------------------------------------- coordinator
 
     def _server_step(self, delta: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from netfl.sim.instant import starting
 from netfl.sim.traces import csv_rows, pick
 
 _EPS = 1e-12
@@ -145,7 +146,10 @@ class Availability:
     """Drives ``set_online(learners, online)`` over simulated time from one of the models.
 
     ``initial`` is each learner's state at time 0; ``next_change(learners, now, online)``
-    gives, for learners that just entered state ``online``, the instant they leave it."""
+    gives, for learners that just entered state ``online``, the instant they leave it.
+    Driven by event callbacks, not a generator process, so that a checkpoint can pickle
+    it with the SimPy queue (netfl.checkpoint); the events and their order are those a
+    process would have."""
 
     def __init__(self, env: simpy.Environment, m: int, initial: np.ndarray,
                  next_change: Callable[[np.ndarray, float, np.ndarray], np.ndarray],
@@ -161,7 +165,7 @@ class Availability:
     def start(self) -> None:
         everyone = np.arange(self.m)
         self._push(everyone, 0.0)
-        self.env.process(self._run())
+        starting(self.env, self._begin)
 
     def _push(self, learners: np.ndarray, now: float) -> None:
         times = self.next_change(learners, now, self.state[learners])
@@ -169,41 +173,74 @@ class Availability:
             if t < math.inf:
                 heapq.heappush(self._heap, (t, i))
 
-    def _run(self):
+    def _begin(self, _event: simpy.Event) -> None:
         offline = np.flatnonzero(~self.state)
         if len(offline):
             self.set_online(offline, False)
+        self._next()
+
+    def _next(self) -> None:
+        """Wait for the heap's next change (or change now if it is due)."""
         heap = self._heap
-        while heap:
-            when = heap[0][0]
-            if when > self.env.now:
-                wait = self.env.timeout(when - self.env.now)
-                yield wait if self.quiet is None else self.env.any_of([wait, self.quiet])
-            if self.quiet is not None and self.quiet.triggered:
-                return
-            due = []
-            while heap and heap[0][0] <= self.env.now + _EPS:
-                due.append(heapq.heappop(heap)[1])
-            learners = np.array(sorted(due), dtype=np.int64)
-            self.state[learners] = ~self.state[learners]
-            self.changes += len(learners)
-            for online in (False, True):
-                moved = learners[self.state[learners] == online]
-                if len(moved):
-                    self.set_online(moved, online)
-            self._push(learners, self.env.now)
+        if not heap:
+            return
+        when = heap[0][0]
+        if when > self.env.now:
+            wait = self.env.timeout(when - self.env.now)
+            event = wait if self.quiet is None else self.env.any_of([wait, self.quiet])
+            event.callbacks.append(self._fire)
+            return
+        self._fire(None)
+
+    def _fire(self, _event: simpy.Event | None) -> None:
+        if self.quiet is not None and self.quiet.triggered:
+            return
+        self._change()
+
+    def _change(self) -> None:
+        heap = self._heap
+        due = []
+        while heap and heap[0][0] <= self.env.now + _EPS:
+            due.append(heapq.heappop(heap)[1])
+        learners = np.array(sorted(due), dtype=np.int64)
+        self.state[learners] = ~self.state[learners]
+        self.changes += len(learners)
+        for online in (False, True):
+            moved = learners[self.state[learners] == online]
+            if len(moved):
+                self.set_online(moved, online)
+        self._push(learners, self.env.now)
+        self._next()
+
+
+@dataclass
+class MarkovChanges:
+    """Exponential sojourns with means by state (one vectorized draw per change batch)."""
+
+    mean_online: float
+    mean_offline: float
+    rng: np.random.Generator
+
+    def __call__(self, learners: np.ndarray, now: float, online: np.ndarray) -> np.ndarray:
+        means = np.where(online, self.mean_online, self.mean_offline)
+        return now + self.rng.exponential(1.0, len(learners)) * means
+
+
+@dataclass
+class IntervalChanges:
+    """The next change of each learner's online intervals."""
+
+    intervals: list[Intervals]
+
+    def __call__(self, learners: np.ndarray, now: float, online: np.ndarray) -> np.ndarray:
+        return np.array([self.intervals[i].next_change(now) for i in learners.tolist()])
 
 
 def markov(mean_online: float, mean_offline: float, m: int, rng: np.random.Generator
            ) -> tuple[np.ndarray, Callable[[np.ndarray, float, np.ndarray], np.ndarray]]:
-    """Stationary start and exponential sojourns (one vectorized draw per change batch)."""
+    """Stationary start and exponential sojourns."""
     initial = rng.random(m) >= mean_offline / (mean_online + mean_offline)
-
-    def next_change(learners: np.ndarray, now: float, online: np.ndarray) -> np.ndarray:
-        means = np.where(online, mean_online, mean_offline)
-        return now + rng.exponential(1.0, len(learners)) * means
-
-    return initial, next_change
+    return initial, MarkovChanges(mean_online, mean_offline, rng)
 
 
 def windows(entries: list[dict[str, Any]], m: int
@@ -228,8 +265,4 @@ def windows(entries: list[dict[str, Any]], m: int
 def from_intervals(intervals: list[Intervals]
                    ) -> tuple[np.ndarray, Callable[[np.ndarray, float, np.ndarray], np.ndarray]]:
     initial = np.array([iv.state_at(0.0) for iv in intervals], dtype=bool)
-
-    def next_change(learners: np.ndarray, now: float, online: np.ndarray) -> np.ndarray:
-        return np.array([intervals[i].next_change(now) for i in learners.tolist()])
-
-    return initial, next_change
+    return initial, IntervalChanges(intervals)

@@ -59,7 +59,7 @@ class Channel:
         self.observers = observers  # told each update sent up (Observer.on_upload)
         self.uplink, self.downlink = uplink, downlink
         device = bank.device
-        start = bank.flat()[0].clone() if base is None else base.to(device)
+        start = bank.flat([0])[0] if base is None else base.to(device)  # one row, not all m
         self.bases: dict[int, torch.Tensor] = {0: start}
         self.version = 0  # newest base the coordinator has sent
         self.learner_version = np.zeros(bank.m, dtype=np.int64)
@@ -129,6 +129,10 @@ class Channel:
     def received(self, learner: int, version: int) -> None:
         """A learner now holds base `version` (it arrived down the FIFO path in order)."""
         self.learner_version[learner] = max(self.learner_version[learner], version)
+
+    def received_many(self, learners: np.ndarray, version: int) -> None:
+        """``received`` for each of ``learners``."""
+        np.maximum.at(self.learner_version, learners, version)
 
     def _decode_down(self, payload: bytes) -> torch.Tensor:
         if self.downlink is None:

@@ -10,6 +10,7 @@ messages arrived at slightly different instants.
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -146,14 +147,44 @@ class Simulation:
         # serial: (round, x, y) of the last batch drawn, as the source gave it; the protocol
         # ships these samples instead of drawing them a second time
         self.drawn: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        # what a payload is charged on the wire; the parameter probe's one-bank replicas
+        # (netfl.learning.replicas) charge one replica's share of their concatenated models
+        self.message_size: Callable[[bytes | bytearray | memoryview], int] = wire.message_size
         self.protocol = protocol_factory(self)
+        # output.checkpoint_every: an object with due(sim) and save(sim) (netfl.checkpoint)
+        self.checkpoints: Any = None
 
     # ------------------------------------------------------------ protocol API
 
     def send(self, kind: str, src: Any, dst: Any, rnd: int, payload: bytes) -> simpy.Event:
         """Put a real payload on the network; the charged size is its header plus its length."""
-        msg = Message(kind, src, dst, int(rnd), payload, wire.message_size(payload))
+        msg = Message(kind, src, dst, int(rnd), payload, self.message_size(payload))
         return self.network.send(msg)
+
+    def send_many(self, kind: str, srcs: Any, dsts: Any, rnd: int, payloads: Any,
+                  on_arrival: Callable[[list[Message]], None]) -> None:
+        """Send one message per (src, dst) pair at once, as ``send`` would one by one; a
+        scalar ``srcs`` or ``dsts`` is every message's, and one ``bytes`` payload is shared by
+        all (one object, measured once). ``on_arrival`` gets each list of messages that
+        arrive together (``Network.send_many``)."""
+        srcs = srcs.tolist() if isinstance(srcs, np.ndarray) else srcs
+        dsts = dsts.tolist() if isinstance(dsts, np.ndarray) else dsts
+        n = len(srcs) if isinstance(srcs, list) else len(dsts)
+        if not isinstance(srcs, list):
+            srcs = [srcs] * n
+        if not isinstance(dsts, list):
+            dsts = [dsts] * n
+        rnd = int(rnd)
+        if isinstance(payloads, (bytes, bytearray, memoryview)):
+            size = self.message_size(payloads)
+            msgs = [Message(kind, src, dst, rnd, payloads, size) for src, dst in zip(srcs, dsts)]
+        else:
+            if len(payloads) != n:
+                raise ValueError(f"send_many: {len(payloads)} payloads for {n} messages")
+            charge = self.message_size
+            msgs = [Message(kind, src, dst, rnd, payload, charge(payload))
+                    for src, dst, payload in zip(srcs, dsts, payloads)]
+        self.network.send_many(msgs, on_arrival)
 
     def make_channel(self, *, base: torch.Tensor | None = None, seed: int = 0) -> Channel:
         """A model channel with this run's codecs (full float32 models when none are set)."""
@@ -169,6 +200,15 @@ class Simulation:
         else:
             entry[1].append(int(learner))
 
+    def deliver_many(self, learners: np.ndarray, model: torch.Tensor) -> None:
+        """``deliver`` of one model to each of ``learners``, in order."""
+        key = id(model)
+        entry = self._pending.get(key)
+        if entry is None:
+            self._pending[key] = (model, np.asarray(learners, dtype=np.int64).tolist())
+        else:
+            entry[1].extend(np.asarray(learners, dtype=np.int64).tolist())
+
     def block(self, learners: np.ndarray) -> None:
         self.blocked[learners] = True
 
@@ -177,6 +217,16 @@ class Simulation:
         start = math.ceil(self.env.now / self.tick - _EPS)
         self.blocked[learner] = False
         self.due[learner] = max(self.due[learner], start + self.durations[learner])
+        if not self._wake.triggered:
+            self._wake.succeed()
+
+    def unblock_many(self, learners: np.ndarray) -> None:
+        """``unblock`` of each of ``learners`` (distinct), in one vectorized update."""
+        if not len(learners):
+            return
+        start = math.ceil(self.env.now / self.tick - _EPS)
+        self.blocked[learners] = False
+        self.due[learners] = np.maximum(self.due[learners], start + self.durations[learners])
         if not self._wake.triggered:
             self._wake.succeed()
 
@@ -211,18 +261,28 @@ class Simulation:
 
     # ------------------------------------------------------------- the loop
 
-    def run(self) -> None:
+    def run(self, *, resumed: bool = False) -> None:
         """Run to the horizon: all rounds done and the network drained, or the time limit
-        (then the run ends at that instant, whatever is still in flight)."""
-        self.observers.start()
-        self.protocol.start()
+        (then the run ends at that instant, whatever is still in flight). ``resumed``: the
+        state came from a checkpoint (netfl.checkpoint), so observers and protocol have
+        started already; the loop carries on from the step it was about to take."""
+        if not resumed:
+            self.observers.start()
+            self.protocol.start()
         self.env.process(self._loop())
-        if self.horizon_time is not None:
-            self.env.run(until=self.horizon_time)
-        else:
-            env, quiet, step = self.env, self.quiet, self.env.step
-            while not quiet.triggered and env.peek() < math.inf:
-                step()
+        # What exists now (the graph, links, data, the bank) lives the whole run: frozen, the
+        # cyclic garbage collector stops rescanning it at every collection, which took about
+        # a third of a communication-bound run's CPU. Unfrozen after, so it can be freed.
+        gc.freeze()
+        try:
+            if self.horizon_time is not None:
+                self.env.run(until=self.horizon_time)
+            else:
+                env, quiet, step = self.env, self.quiet, self.env.step
+                while not quiet.triggered and env.peek() < math.inf:
+                    step()
+        finally:
+            gc.unfreeze()
         self.apply_pending()
         if self.horizon_time is None and not self.finished.all():
             raise DeadlockError(self._deadlock_message())
@@ -270,6 +330,8 @@ class Simulation:
                 yield self.env.any_of([self.env.timeout(wait), self._wake])
                 continue
             learners = np.flatnonzero(active & (self.due == tick))
+            if self.checkpoints is not None and self.checkpoints.due(self):
+                self.checkpoints.save(self)  # output.checkpoint_every: here, between steps
             self._step(learners, tick)
 
     def _retire(self) -> None:

@@ -4,8 +4,8 @@ Scheduled failures take a link (both directions) or a node (every link that
 touches it) down at ``at`` for ``for`` seconds (for good without ``for``).
 Random failures alternate exponential up times (mean ``mtbf``) and down times
 (mean ``mttr``) for every element of a class independently, from the network's
-own random stream, so the same seed gives the same outage history. One SimPy
-process per failure entry walks a heap of the next changes, not a process per link;
+own random stream, so the same seed gives the same outage history. One driver
+per failure entry walks a heap of the next changes, not a process per link;
 random outages stop once the run has nothing left to do, so a run with a round
 horizon still ends.
 """
@@ -20,6 +20,7 @@ import networkx as nx
 import numpy as np
 import simpy
 
+from netfl.sim.instant import starting
 from netfl.sim.network import Network
 from netfl.sim.routing import node_key
 
@@ -49,15 +50,9 @@ class Failures:
         self.quiet: simpy.Event | None = None  # random outages stop when this fires
 
     def scheduled(self, element: Element, at: float, duration: float | None) -> None:
-        def run():
-            yield self.env.timeout(at)
-            self._set(element, up=False)
-            if duration is not None:
-                yield self.env.timeout(duration)
-                self._set(element, up=True)
         self._check(element)
         self.network.failures_possible = True
-        self.env.process(run())
+        _Scheduled(self, element, at, duration).start()
 
     def random(self, chosen: Iterable[Element], mtbf: float, mttr: float) -> None:
         chosen = list(chosen)
@@ -67,19 +62,7 @@ class Failures:
         first = self.rng.exponential(mtbf, len(chosen))
         heap = [(float(t), i, False) for i, t in enumerate(first)]  # (when, which, goes up)
         heapq.heapify(heap)
-
-        def run():
-            while heap:
-                when, i, up = heapq.heappop(heap)
-                if when > self.env.now:
-                    wait = self.env.timeout(when - self.env.now)
-                    yield wait if self.quiet is None else self.env.any_of([wait, self.quiet])
-                if self.quiet is not None and self.quiet.triggered:
-                    return
-                self._set(chosen[i], up=up)
-                mean = mtbf if up else mttr
-                heapq.heappush(heap, (when + float(self.rng.exponential(mean)), i, not up))
-        self.env.process(run())
+        _Random(self, chosen, heap, mtbf, mttr).start()
 
     def _check(self, element: Element) -> None:
         kind, what = element
@@ -101,3 +84,63 @@ class Failures:
             self.on_event({"sim_time_s": round(self.env.now, 9),
                            "event": f"{kind}_{'up' if up else 'down'}", "element": name})
 
+
+
+class _Scheduled:
+    """One scheduled failure: down at ``at``, up ``duration`` later (never without one).
+    Event callbacks rather than a generator process, so that a checkpoint can pickle it."""
+
+    def __init__(self, owner: Failures, element: Element, at: float,
+                 duration: float | None) -> None:
+        self.owner, self.element, self.at, self.duration = owner, element, at, duration
+
+    def start(self) -> None:
+        starting(self.owner.env, self._begin)
+
+    def _begin(self, _event: simpy.Event) -> None:
+        self.owner.env.timeout(self.at).callbacks.append(self._down)
+
+    def _down(self, _event: simpy.Event) -> None:
+        self.owner._set(self.element, up=False)
+        if self.duration is not None:
+            self.owner.env.timeout(self.duration).callbacks.append(self._up)
+
+    def _up(self, _event: simpy.Event) -> None:
+        self.owner._set(self.element, up=True)
+
+
+class _Random:
+    """Random outages of ``chosen``: a heap of each element's next change, walked in time
+    order until the run is quiet (callbacks, as _Scheduled)."""
+
+    def __init__(self, owner: Failures, chosen: list[Element],
+                 heap: list[tuple[float, int, bool]], mtbf: float, mttr: float) -> None:
+        self.owner, self.chosen, self.heap = owner, chosen, heap
+        self.mtbf, self.mttr = mtbf, mttr
+        self._due: tuple[float, int, bool] | None = None
+
+    def start(self) -> None:
+        starting(self.owner.env, self._next)
+
+    def _next(self, _event: simpy.Event | None = None) -> None:
+        owner, env = self.owner, self.owner.env
+        if not self.heap:
+            return
+        self._due = heapq.heappop(self.heap)
+        when = self._due[0]
+        if when > env.now:
+            wait = env.timeout(when - env.now)
+            event = wait if owner.quiet is None else env.any_of([wait, owner.quiet])
+            event.callbacks.append(self._change)
+            return
+        self._change(None)
+
+    def _change(self, _event: simpy.Event | None) -> None:
+        owner = self.owner
+        if owner.quiet is not None and owner.quiet.triggered:
+            return
+        when, i, up = self._due
+        owner._set(self.chosen[i], up=up)
+        mean = self.mtbf if up else self.mttr
+        heapq.heappush(self.heap, (when + float(owner.rng.exponential(mean)), i, not up))
+        self._next()

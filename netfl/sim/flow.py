@@ -100,19 +100,18 @@ class FlowSharing:
         self.refilled_flows = 0
         self.alone = 0  # starts and ends that needed no refill
         self._stamp = 0
+        # inside Network.send_many: latency timers by the instant they fire, each with the
+        # flows it activates in start order (None outside a batch: one timer per flow)
+        self._latent: dict[float, list[Flow]] | None = None
+        self._params: dict[tuple[Link, ...], tuple[float, float, float]] = {}  # per route
 
     # -- life of a flow ---------------------------------------------------------------------------
 
     def start(self, transit: Transit, doomed: bool = False) -> None:
-        latency = 0.0
-        for link in transit.route:
-            latency += link.latency
-        bound = math.inf
-        if self.window_bits is not None and latency > 0:
-            bound = self.window_bits / (2 * latency)
-        weight = 1.0
-        if self.sharing == "rtt":  # SimGrid CM02: penalty = route latency (1 s when none)
-            weight = 1.0 / latency if latency > 0 else 1.0
+        try:
+            latency, bound, weight = self._params[transit.route]
+        except KeyError:
+            latency, bound, weight = self._params_of(transit.route)
         flow = Flow(transit, bound, weight, doomed, next(self._seq))
         transit.flow = flow
         size = transit.msg.size
@@ -120,14 +119,58 @@ class FlowSharing:
             link.members.add(flow)
             link.bytes += size
         if latency > 0:
-            self.env.timeout(latency, flow).callbacks.append(self._activate)
+            latent = self._latent
+            if latent is None:
+                self.env.timeout(latency, flow).callbacks.append(self._activate)
+                return
+            at = self.env.now + latency
+            flows = latent.get(at)
+            if flows is None:
+                latent[at] = flows = [flow]
+                self.env.timeout(latency, flows).callbacks.append(self._activate_many)
+            else:
+                flows.append(flow)
         else:
             self._join(flow)
+
+    def _params_of(self, route: tuple[Link, ...]) -> tuple[float, float, float]:
+        """Route latency, rate bound and sharing weight of a flow along ``route`` (cached)."""
+        latency = 0.0
+        for link in route:
+            latency += link.latency
+        bound = math.inf
+        if self.window_bits is not None and latency > 0:
+            bound = self.window_bits / (2 * latency)
+        weight = 1.0
+        if self.sharing == "rtt":  # SimGrid CM02: penalty = route latency (1 s when none)
+            weight = 1.0 / latency if latency > 0 else 1.0
+        params = self._params[route] = (latency, bound, weight)
+        return params
+
+    def open_batch(self) -> None:
+        """Flows started from now until ``close_batch`` that enter their bandwidth phase at
+        the same instant share one timer (they were started one after another, with nothing
+        scheduled in between, so their order is the same)."""
+        self._latent = {}
+
+    def close_batch(self) -> None:
+        self._latent = None
+
+    def barrier(self) -> None:
+        """Something else is scheduled now: later flows of the batch get timers of their own."""
+        if self._latent:
+            self._latent = {}
 
     def _activate(self, event: simpy.Event) -> None:
         flow: Flow = event.value
         if flow.phase == _LATENT:
             self._join(flow)
+
+    def _activate_many(self, event: simpy.Event) -> None:
+        join = self._join
+        for flow in event.value:
+            if flow.phase == _LATENT:
+                join(flow)
 
     def _join(self, flow: Flow) -> None:
         for link in flow.links:
@@ -268,11 +311,7 @@ class FlowSharing:
                 touched.add(link)
         if touched:
             self._refill(touched, now)
-        for flow in leaves:
-            if flow.doomed:
-                self.network.lost(flow.transit)
-            else:
-                self.network.arrived(flow.transit)
+        self._deliver(leaves)
         self._arm()
 
     def _refill(self, touched: set[Link], now: float) -> None:
@@ -399,13 +438,23 @@ class FlowSharing:
                 else:
                     self._leaves.append(flow)
                     self._schedule_flush()
-        for flow in delivered:
-            if flow.doomed:
-                self.network.lost(flow.transit)
-            else:
-                self.network.arrived(flow.transit)
+        self._deliver(delivered)
         if not self._flush_scheduled:
             self._arm()
+
+    def _deliver(self, flows: list[Flow]) -> None:
+        """Hand finished flows to the network, in order, as one delivery pass."""
+        if not flows:
+            return
+        network = self.network
+        network.end_pass()
+        arrived, lost = network.arrived, network.lost
+        for flow in flows:
+            if flow.doomed:
+                lost(flow.transit)
+            else:
+                arrived(flow.transit)
+        network.end_pass()
 
 
 def _level(capacity: float, weight: float) -> float:

@@ -7,8 +7,10 @@ learners costs one rate recomputation or one sorted queue pass, not m.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import simpy
-from simpy.events import NORMAL
+from simpy.events import NORMAL, URGENT
 
 AFTER_NORMAL = NORMAL + 1
 
@@ -22,3 +24,13 @@ class AfterNormal(simpy.Event):
         self._value = None
         self._ok = True
         env.schedule(self, AFTER_NORMAL)
+
+
+def starting(env: simpy.Environment, callback: Callable[[simpy.Event], None]) -> None:
+    """Call ``callback`` where a new SimPy process would first run (an urgent event now).
+    Drivers written as event callbacks rather than generator processes start here, so they
+    keep a process's place in the event order and can be pickled by a checkpoint."""
+    event = simpy.Event(env)
+    event._ok, event._value = True, None
+    event.callbacks.append(callback)
+    env.schedule(event, URGENT)

@@ -25,6 +25,15 @@ counters keep what it put on the wire, as for every attempt), one waiting for a
 route or a resend is dropped, and one sent while an end is offline never leaves
 (no bytes: the connection cannot open). Each is counted in ``messages_lost`` and
 reported through ``on_lost`` after the current instant's callbacks.
+
+Batches (``send_many``): what a protocol sends to many endpoints at one instant (m
+uploads, a broadcast of one payload) goes in one call with one arrival callback, which
+is handed a list of the messages that arrived together: consecutive deliveries of one
+batch within one transport pass share one event, and flows that start their bandwidth
+phase at the same instant share one latency timer. Everything else (loss draws, resends,
+routes, offline endpoints, records) is per message exactly as with ``send``, and the
+order in which the callbacks see messages is the per-message order, so a batch gives
+results identical to sending its messages one by one.
 """
 
 from __future__ import annotations
@@ -65,16 +74,31 @@ class Message:
     delivered_at: float = 0.0  # set on delivery
 
 
+class Batch:
+    """The arrival callback of the messages of one ``send_many`` call: called with the list
+    of messages that arrived together (as an event callback: ``event.value`` is that list)."""
+
+    __slots__ = ("on_arrival",)
+
+    def __init__(self, on_arrival: Callable[[list[Message]], None]) -> None:
+        self.on_arrival = on_arrival
+
+    def __call__(self, event: simpy.Event) -> None:
+        self.on_arrival(event.value)
+
+
 class Transit:
-    """A message on its way: route, attempts, and the event to fire on arrival."""
+    """A message on its way: route, attempts, and the event to fire on arrival (or the batch
+    whose callback it joins)."""
 
     __slots__ = ("msg", "src_node", "dst_node", "route", "done", "seq", "attempts", "hop",
-                 "hop_since", "resend", "flow", "stranded", "charged", "cancelled")
+                 "hop_since", "resend", "flow", "stranded", "charged", "cancelled", "batch")
 
     def __init__(self, msg: Message, src_node: Hashable, dst_node: Hashable,
-                 route: tuple[Link, ...], done: simpy.Event, seq: int):
+                 route: tuple[Link, ...], done: simpy.Event | None, seq: int,
+                 batch: Batch | None = None):
         self.msg, self.src_node, self.dst_node = msg, src_node, dst_node
-        self.route, self.done, self.seq = route, done, seq
+        self.route, self.done, self.seq, self.batch = route, done, seq, batch
         self.attempts = 0  # times put on the wire
         self.charged = False
         self.hop = 0
@@ -153,6 +177,7 @@ class Network:
         hubs = {self.placement[COORDINATOR]} if COORDINATOR in self.placement else set()
         self.router = Router(self._links, graph.nodes, hubs)
         self._endpoint_routes: dict[tuple[Hashable, Hashable], tuple[Link, ...] | None] = {}
+        self._keep: dict[tuple[Link, ...], float | None] = {}  # per route: see _keep_of
         self.transport = (FlowSharing(self, tcp_window, sharing) if model == "flow"
                           else StoreAndForward(self))
         self._edge_down: dict[frozenset, int] = {}
@@ -165,6 +190,9 @@ class Network:
         # so taking an endpoint offline reads its own messages, not every message in flight
         self._by_endpoint: dict[Hashable, set[int]] | None = None
         self._seq = itertools.count()
+        # (batch, messages) of the last batch delivery event of the current pass: the next
+        # arrival of the same batch joins it while nothing else was scheduled in between
+        self._tail: tuple[Batch, list[Message]] | None = None
         self.reset_counters()
 
     # -- counters -------------------------------------------------------------------------------
@@ -272,6 +300,33 @@ class Network:
 
     def send(self, msg: Message) -> simpy.Event:
         """Send ``msg`` now; the returned event fires on delivery with ``msg`` as its value."""
+        done = self.env.event()
+        self._tail = None
+        self._send(msg, done, None)
+        return done
+
+    def send_many(self, msgs: list[Message], on_arrival: Callable[[list[Message]], None]
+                  ) -> None:
+        """Send ``msgs`` now, as ``send`` would one after another; ``on_arrival`` is called with
+        each list of them that arrives together, in arrival order (see the module docstring).
+        It must be picklable state (a bound method, a ``functools.partial``), not a lambda."""
+        if not msgs:
+            return
+        batch = Batch(on_arrival)
+        self._tail = None
+        transport = self.transport
+        if self.model == "flow":
+            transport.open_batch()
+        try:
+            send = self._send
+            for msg in msgs:
+                send(msg, None, batch)
+        finally:
+            if self.model == "flow":
+                transport.close_batch()
+            self._tail = None
+
+    def _send(self, msg: Message, done: simpy.Event | None, batch: Batch | None) -> None:
         try:
             route = self._endpoint_routes[msg.src, msg.dst]
         except (KeyError, TypeError):
@@ -281,22 +336,26 @@ class Network:
         msg.sent_at = self.env.now
         self.messages += 1
         self.messages_by_kind[msg.kind] = self.messages_by_kind.get(msg.kind, 0) + 1
-        done = self.env.event()
         if self._offline and (msg.src in self._offline or msg.dst in self._offline):
-            transit = Transit(msg, None, None, (), done, next(self._seq))
+            transit = Transit(msg, None, None, (), done, next(self._seq), batch)
             self._in_flight[transit.seq] = transit
             self._index(transit)
+            self._barrier()
             self.env.timeout(0, transit).callbacks.append(self._drop_now)
-            return done
+            return
         if route is not None and not route:
             self._charge(msg, msg.size)
             msg.delivered_at = self.env.now
             self.delivered += 1
             if self.on_message is not None:
                 self.on_message(self._row(msg, 0, 1))
-            return done.succeed(msg)
+            if batch is None:
+                done.succeed(msg)
+            else:
+                self._join_tail(batch, msg)
+            return
         transit = Transit(msg, self.placement[msg.src], self.placement[msg.dst], route or (),
-                          done, next(self._seq))
+                          done, next(self._seq), batch)
         self._in_flight[transit.seq] = transit
         if self._by_endpoint is not None:
             self._index(transit)
@@ -304,7 +363,30 @@ class Network:
             self._strand(transit)
         else:
             self._go(transit, route)
-        return done
+
+    def _join_tail(self, batch: Batch, msg: Message) -> None:
+        """Deliver ``msg`` of ``batch``: with the batch's previous arrival when nothing else
+        was scheduled since (one event, one callback), else in a new event."""
+        tail = self._tail
+        if tail is not None and tail[0] is batch:
+            tail[1].append(msg)
+            return
+        arrived = [msg]
+        event = self.env.event()
+        event.callbacks.append(batch)
+        event.succeed(arrived)
+        self._tail = (batch, arrived)
+
+    def _barrier(self) -> None:
+        """An event is about to be scheduled: later arrivals must not join earlier events,
+        nor later flows an earlier latency timer."""
+        self._tail = None
+        if self.model == "flow":
+            self.transport.barrier()
+
+    def end_pass(self) -> None:
+        """The transport finished a delivery pass (one event's callback)."""
+        self._tail = None
 
     def _go(self, transit: Transit, route: tuple[Link, ...]) -> None:
         """Put the message on the wire along ``route``: its first attempt or a resend."""
@@ -329,15 +411,26 @@ class Network:
 
     def _start(self, transit: Transit) -> None:
         if self.model == "flow":
-            doomed = False
-            if any(link.loss for link in transit.route):
-                keep = 1.0
-                for link in transit.route:
-                    keep *= 1.0 - link.loss
-                doomed = self.rng.random() >= keep
+            route = transit.route
+            try:
+                keep = self._keep[route]
+            except KeyError:
+                keep = self._keep_of(route)
+            doomed = keep is not None and self.rng.random() >= keep
             self.transport.start(transit, doomed)
         else:
             self.transport.start(transit)
+
+    def _keep_of(self, route: tuple[Link, ...]) -> float | None:
+        """Probability that a transfer along ``route`` is not lost (None: no lossy link, no
+        draw), cached per route."""
+        keep = None
+        if any(link.loss for link in route):
+            keep = 1.0
+            for link in route:
+                keep *= 1.0 - link.loss
+        self._keep[route] = keep
+        return keep
 
     def arrived(self, transit: Transit) -> None:
         """The transport delivered a message."""
@@ -350,12 +443,17 @@ class Network:
         self.total_delay += now - msg.sent_at
         if self.on_message is not None:
             self.on_message(self._row(msg, len(transit.route), transit.attempts))
-        transit.done.succeed(msg)
+        if transit.batch is None:
+            self._tail = None
+            transit.done.succeed(msg)
+        else:
+            self._join_tail(transit.batch, msg)
         if not self._in_flight and self.on_idle is not None:
             self.on_idle()
 
     def lost(self, transit: Transit) -> None:
         """The transport lost a transfer: the sender resends after its timeout."""
+        self._barrier()
         wake = self.env.timeout(self.retransmit_timeout, transit)
         wake.callbacks.append(self._resend)
 
@@ -381,6 +479,7 @@ class Network:
         transit.stranded = True
         self._stranded.append(transit)
         if self.give_up is not None:
+            self._barrier()
             left = max(transit.msg.sent_at + self.give_up - self.env.now, 0.0)
             self.env.timeout(left, transit).callbacks.append(self._give_up_stranded)
 
@@ -395,6 +494,7 @@ class Network:
         self._drop(event.value)
 
     def _drop(self, transit: Transit) -> None:
+        self._tail = None
         msg = transit.msg
         self.messages_lost += 1
         del self._in_flight[transit.seq]
@@ -404,6 +504,7 @@ class Network:
             self.on_message(self._row(msg, len(transit.route), transit.attempts, delivered=False))
         if self.on_lost is not None:
             self.on_lost(msg)
+        self._tail = None
         if not self._in_flight and self.on_idle is not None:
             self.on_idle()
 

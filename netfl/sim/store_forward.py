@@ -96,6 +96,7 @@ class StoreAndForward:
         transit.hop_since = now
         if transit.hop == len(transit.route):
             self.network.arrived(transit)
+            self.network.end_pass()
         else:
             self._enqueue(transit)
 

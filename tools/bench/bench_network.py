@@ -21,6 +21,17 @@ Cases (each run with both transports, a fresh SimPy environment each):
   not overlap). One driver process walks the pre-drawn sorted send instants; its own
   cost (``driver alone``) is measured with a network that does nothing.
 
+- ``protocol``: the communication-bound run of issue #12: continuous averaging (every
+  round, every learner uploads its model and receives the average) of a tiny model (linear,
+  4 features, 2 classes: 10 parameters, 61-byte messages) on the same two-tier tree, built
+  and run through netfl (``netfl.build``), for ``--rounds-protocol`` rounds. Three runs, a
+  fresh build each: ``nosync`` (the same training and no message: the reference), the star
+  protocol's per-message path (one send and one callback per message) and its batched path
+  (``Simulation.send_many``: one call per upload set and per broadcast, arrivals handled a
+  list at a time). Printed: wall and CPU seconds of ``sim.run()``, messages per wall and
+  per CPU second, the communication's own CPU (run minus nosync) per message, whether both
+  paths gave identical metrics, and the batched / per-message ratio.
+
 Printed per model: wall seconds to build the Network and to run, simulated time of the
 last delivery, SimPy events processed, messages per wall second, seconds of both spent in
 Python's garbage collector (each run starts after a ``gc.collect()``), and for the flow
@@ -35,6 +46,8 @@ store-and-forward).
     python tools/bench/bench_network.py [--learners 10000] [--rounds 100]
         [--case burst|staggered|both] [--model flow|store_and_forward|both]
     python tools/bench/bench_network.py --scaling [--sizes 1000,10000,100000]
+    python tools/bench/bench_network.py --case protocol [--learners 10000]
+        [--rounds-protocol 5]
 """
 
 from __future__ import annotations
@@ -228,6 +241,81 @@ def staggered(p: Platform, model: str, plan: tuple[list[float], list[int], list[
     return result(model, build_s, run_s, env, net, seen, gc_timer)
 
 
+def protocol_scenario(n: int, rounds: int, protocol: str):
+    """The communication-bound scenario: continuous averaging of a 10-parameter model."""
+    from netfl.scenario import from_dict
+
+    return from_dict({
+        "name": "bench-network-protocol", "seed": 0, "device": "cpu",
+        "network": {"topology": {"generator": "hierarchy"}, "bandwidth": ACCESS_BW,
+                    "latency": LATENCY, "tiers": {"core": {"bandwidth": CORE_BW}}},
+        "learners": {"count": n, "compute_time": "10 ms"},
+        "data": {"dataset": "gaussian_mixture", "partition": "iid", "batch_size": 4,
+                 "params": {"n_samples": 20 * n, "n_features": 4, "n_classes": 2}},
+        "model": {"kind": "linear", "hidden": []},
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "protocol": {"name": protocol},
+        "horizon": {"rounds": rounds},
+        "eval": {"every": rounds, "local": False, "max_samples": 1000,
+                 "divergence_every": rounds},
+        "output": {"per_learner": False},
+    })
+
+
+@dataclass
+class ProtocolRun:
+    name: str
+    wall: float
+    cpu: float
+    messages: int
+    row: dict
+
+    def line(self, reference: ProtocolRun | None) -> str:
+        text = f"  {self.name:<12} run {self.wall:7.3f} s wall {self.cpu:7.3f} s cpu"
+        if self.messages:
+            text += (f"  {self.messages:>9,} messages  {self.messages / self.wall:>9,.0f} msg/s"
+                     f"  {self.messages / self.cpu:>9,.0f} msg/cpu-s")
+        if reference is not None and self.messages:
+            own = (self.cpu - reference.cpu) / self.messages
+            text += f"  communication {own * 1e6:5.1f} us cpu/msg"
+        return text
+
+
+def protocol_run(n: int, rounds: int, protocol: str, batched: bool) -> ProtocolRun:
+    from netfl.build import build
+    from netfl.protocols.base import StarAveraging
+
+    gc.collect()
+    built = build(protocol_scenario(n, rounds, protocol))
+    sim = built.simulation  # (Simulation.run freezes what the build made: gc.freeze)
+    saved = StarAveraging.batch_messages
+    StarAveraging.batch_messages = batched
+    try:
+        wall, cpu = time.perf_counter(), time.process_time()
+        sim.run()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        StarAveraging.batch_messages = saved
+    name = protocol if protocol == "nosync" else ("batched" if batched else "per-message")
+    return ProtocolRun(name, wall, cpu, sim.network.messages, sim.last_row)
+
+
+def run_protocol(n: int, rounds: int) -> None:
+    print(f"protocol: continuous averaging, {n:,} learners, linear model (10 parameters), "
+          f"{rounds} rounds on the two-tier tree")
+    reference = protocol_run(n, rounds, "nosync", False)
+    print(reference.line(None) + "  (training alone: the reference)")
+    single = protocol_run(n, rounds, "continuous", False)
+    print(single.line(reference))
+    batched = protocol_run(n, rounds, "continuous", True)
+    print(batched.line(reference))
+    same = single.row == batched.row and single.messages == batched.messages
+    print(f"  metrics of the last row identical: {'yes' if same else 'NO'}; batched / "
+          f"per-message: wall {batched.wall / single.wall:.2f}, cpu "
+          f"{batched.cpu / single.cpu:.2f}; communication cpu "
+          f"{(batched.cpu - reference.cpu) / (single.cpu - reference.cpu):.2f}")
+
+
 def best(repeats: int, run: Callable[..., Result], *args: object) -> Result:
     """``run(*args)`` of least wall time out of ``repeats`` (a shared machine is noisy)."""
     return min((run(*args) for _ in range(repeats)), key=lambda r: r.run_s)
@@ -300,7 +388,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--learners", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=100, help="staggered case")
-    ap.add_argument("--case", choices=("burst", "staggered", "both"), default="both")
+    ap.add_argument("--case", choices=("burst", "staggered", "both", "protocol"),
+                    default="both")
+    ap.add_argument("--rounds-protocol", type=int, default=5, help="protocol case")
     ap.add_argument("--model", choices=(*MODELS, "both"), default="both")
     ap.add_argument("--scaling", action="store_true", help="the burst at --sizes learners")
     ap.add_argument("--sizes", default="1000,10000,100000", help="for --scaling")
@@ -309,6 +399,9 @@ def main() -> None:
     models = MODELS if args.model == "both" else (args.model,)
     if args.scaling:
         run_scaling([int(s) for s in args.sizes.split(",")], models, args.repeats)
+        return
+    if args.case == "protocol":
+        run_protocol(args.learners, args.rounds_protocol)
         return
     p = platform(args.learners)
     print(f"platform: hierarchy, {args.learners:,} leaves, {p.graph.number_of_nodes():,} nodes, "
