@@ -93,8 +93,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.engine == "ray" and args.workers is not None:
         raise scenario_mod.ScenarioError("--workers is for --engine local; Ray gives each run "
                                          "one CPU (and --gpus-per-run GPUs)")
-    if args.engine == "local" and not args.dry_run:  # its imports overlap the load below
-        start_workers(args.workers or os.cpu_count() or 1)
+    if args.engine == "local" and not args.dry_run:  # started by main already, if run
+        start_workers(args.workers or os.cpu_count() or 1)  # from it; its imports overlap
     scenarios = sweep.load(args.file, args.set)
     if args.dry_run:
         for s in scenarios:
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
+        _start_sweep_workers(argv)
         import netfl.api  # noqa: F401  (imported now, so the handler below never imports)
 
         return _main(argv)
@@ -236,6 +237,26 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:  # None: not set from Python, nothing to restore
             signal.signal(signal.SIGTERM, previous)
+
+
+def _start_sweep_workers(argv: list[str] | None) -> None:
+    """``netfl sweep`` with workers: start their fork server before this process imports
+    torch and netfl, so both import at once on two cores (netfl.workers)."""
+    import contextlib
+    import io
+
+    quiet = io.StringIO()
+    try:  # silently: a bad command line (or --help) is _main's to report
+        with contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(quiet):
+            args, _ = parser().parse_known_args(argv)
+    except SystemExit:
+        return
+    if args.command == "sweep" and args.engine == "local" and not args.dry_run:
+        import os
+
+        from netfl.workers import start_workers
+
+        start_workers(args.workers or os.cpu_count() or 1)
 
 
 def _main(argv: list[str] | None) -> int:

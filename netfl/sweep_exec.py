@@ -37,6 +37,7 @@ from netfl.results import OutputError
 from netfl.scenario import Scenario, ScenarioError
 from netfl.sweep import Sweep, check_all, digest, digest_data, from_scenarios, swept_keys
 from netfl.sweep_table import table_row, write_table
+from netfl.workers import start_workers, worker_context  # noqa: F401 (cli imports it here)
 
 FINAL = ("completed", "diverged")  # outcomes a rerun would repeat: a resume keeps them
 TABLE = "sweep.csv"
@@ -207,44 +208,9 @@ def _future_outcome(future: Future, run_dir: Path, interrupted: bool) -> Outcome
 # it: ~800 modules) and scikit-learn's datasets (the digits). A worker that had to import
 # them itself would spend seconds of CPU on its first run; forked from a fork server that
 # imported them, it never does.
-RUN_IMPORTS = ("netfl.api", "netfl.sweep_exec", "netfl.run", "netfl.build", "torch._dynamo",
-               "sklearn.datasets")
-
-
-def _preload() -> list[str]:
-    """What the fork server imports before it forks a worker: RUN_IMPORTS, then every netfl
-    module this process has imported (after the sweep's build check: what its runs use)."""
-    ours = [name for name, module in list(sys.modules.items())
-            if name.split(".")[0] == "netfl" and not name.endswith("__main__")
-            and getattr(module, "__spec__", None) is not None]
-    return list(dict.fromkeys([*RUN_IMPORTS, *ours]))
-
-
-def _worker_context() -> Any:
-    """forkserver with netfl (and torch) preloaded where the platform has it: each worker is
-    forked from a server that imported them once, before any thread started, so it skips
-    the seconds a spawned interpreter spends importing torch; spawn elsewhere."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(_preload())
-        return context
-    return multiprocessing.get_context("spawn")
-
-
-def start_workers(workers: int) -> None:
-    """Start the fork server now, for a sweep about to run in ``workers`` processes, so that
-    its imports (seconds of CPU) overlap this process's loading and build-checking of the
-    sweep instead of following them. Nothing for one worker, or where workers are spawned."""
-    if workers > 1 and "forkserver" in multiprocessing.get_all_start_methods():
-        _worker_context()
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
 def _processes(jobs: list[Job], record: Callable[[int, Outcome], None], workers: int) -> bool:
     """Runs in `workers` processes at a time; True when Ctrl-C stopped them."""
-    context = _worker_context()
+    context = worker_context()
     stop = context.Event()
     pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(stop,),
                                mp_context=context)

@@ -205,7 +205,7 @@ def test_the_fork_server_preloads_what_a_run_imports():
     ignores the ImportError), leaving each worker to import it on its first run."""
     import importlib.util
 
-    from netfl.sweep_exec import RUN_IMPORTS, _preload
+    from netfl.workers import RUN_IMPORTS, _preload
 
     names = _preload()
     assert names[:len(RUN_IMPORTS)] == list(RUN_IMPORTS)
@@ -221,6 +221,7 @@ def test_the_fork_server_starts_before_the_sweep_is_loaded(tmp_path, monkeypatch
     from multiprocessing import forkserver
 
     import netfl.sweep_exec
+    import netfl.workers
 
     calls: list[object] = []
     monkeypatch.setattr(forkserver, "ensure_running", lambda: calls.append("server"))
@@ -231,11 +232,12 @@ def test_the_fork_server_starts_before_the_sweep_is_loaded(tmp_path, monkeypatch
 
     calls.clear()
     monkeypatch.setattr(netfl.sweep_exec, "start_workers", lambda n: calls.append(("start", n)))
+    monkeypatch.setattr(netfl.workers, "start_workers", lambda n: calls.append(("early", n)))
     real_load = sweep.load
     monkeypatch.setattr(sweep, "load", lambda *a: calls.append("load") or real_load(*a))
     path, out = sweep_file(tmp_path, [0]), tmp_path / "out"
     assert main(["sweep", str(path), "--out", str(out), "--quiet", "--workers", "3"]) == 0
-    assert calls == [("start", 3), "load"]
+    assert calls == [("early", 3), ("start", 3), "load"]  # early: before netfl.api's imports
     calls.clear()
     assert main(["sweep", str(path), "--dry-run", "--workers", "3"]) == 0
     assert calls == ["load"]
