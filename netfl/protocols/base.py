@@ -202,9 +202,12 @@ class StarAveraging(Protocol):
         self.sim.counters["dropped"] += len(chosen) - len(online)
 
     def _uploads(self, senders: np.ndarray, rnd: int) -> list[bytes]:
-        """The payloads ``senders`` upload at round ``rnd``: their models, through the channel."""
-        models = self.sim.bank.flat(self.sim.index(senders))
-        return self.channel.encode_up(senders, models)
+        """The payloads ``senders`` upload at round ``rnd``: their models, through the channel.
+        The encoder reads the bank's rows in place where it can (no [m, P] copy when everyone
+        uploads): it only reads them, and is done before the bank next changes."""
+        bank = self.sim.bank
+        read = getattr(bank, "rows", bank.flat)
+        return self.channel.encode_up(senders, read(self.sim.index(senders)))
 
     def _on_model(self, event: simpy.Event) -> None:
         msg = event.value
