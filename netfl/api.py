@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from netfl.observers import Observer, Progress, Tables
-from netfl.results import OutputError, Recorder, RunDir, claim_run_dir, claim_to_resume
+from netfl.results import (
+    OutputError,
+    Recorder,
+    RunDir,
+    claim_run_dir,
+    claim_to_resume,
+    read_summary,
+)
 from netfl.scenario import Scenario, ScenarioError, from_dict
 from netfl.scenario import load as load_file
 
@@ -336,13 +343,6 @@ def _resumable(run_dir: str | Path) -> tuple[Scenario, Saved]:
         raise CheckpointError(f"{run_dir / 'scenario.yaml'}: differs from the scenario the "
                               "checkpoint was taken of; resume runs the same scenario")
     return scenario, saved
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _run(sim: Simulation, scenario: Scenario, guard: SignalGuard, tables: Tables,

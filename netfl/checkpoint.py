@@ -213,7 +213,7 @@ def _state(sim: Simulation) -> tuple[Any, ...]:
     env = sim.env
     banks = _banks(sim)
     return (
-        {k: v for k, v in vars(sim).items()},
+        dict(vars(sim)),
         {key: {k: v for k, v in vars(bank).items() if _is_state(v) and k not in banks}
          for key, bank in banks.items()},
         {"_now": env._now, "_queue": list(env._queue), "_eid": env._eid},
@@ -264,7 +264,7 @@ def dumps(sim: Simulation) -> bytes:
 def loads(fresh: Simulation, data: bytes) -> Simulation:
     """Put a checkpoint's state into ``fresh``, a new build of the same scenario whose run
     has not started; returns it, ready for ``run(resumed=True)``."""
-    objects = {k: v for k, v in _identities(fresh).items()}
+    objects = _identities(fresh)
     table, main = pickle.loads(data)
     unpickler = _Unpickler(io.BytesIO(main), objects, _static_tensors(fresh), table)
     sim_state, bank_state, env_state, rng, stamp, observed = unpickler.load()

@@ -86,15 +86,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from netfl import sweep
-    from netfl.sweep_exec import previous, run_sweep, start_workers
+    from netfl.sweep_exec import previous, run_sweep
 
     if args.engine != "ray" and (args.address is not None or args.gpus_per_run):
         raise scenario_mod.ScenarioError("--address and --gpus-per-run need --engine ray")
     if args.engine == "ray" and args.workers is not None:
         raise scenario_mod.ScenarioError("--workers is for --engine local; Ray gives each run "
                                          "one CPU (and --gpus-per-run GPUs)")
-    if args.engine == "local" and not args.dry_run:  # started by main already, if run
-        start_workers(args.workers or os.cpu_count() or 1)  # from it; its imports overlap
     scenarios = sweep.load(args.file, args.set)
     if args.dry_run:
         for s in scenarios:

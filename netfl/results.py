@@ -74,16 +74,22 @@ def _cannot(path: Path, exc: OSError, what: str = "cannot write") -> OutputError
     return OutputError(f"{path}: {what} ({exc.strerror or exc})")
 
 
-def _lock(path: Path, created: bool) -> RunDir:
+def _create_lock(path: Path, busy: str, failed: str) -> None:
+    """Create ``path``'s lock file with O_EXCL, naming this process: OutputError ``busy``
+    when it exists, ``failed`` (with the reason) when it cannot be created."""
     try:
         fd = os.open(path / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        raise OutputError(f"{path}: in use by another run (remove {path / LOCK} if no run is "
-                          "writing there); choose another --out") from None
+        raise OutputError(busy) from None
     except OSError as exc:
-        raise _cannot(path, exc, "cannot create run directory") from None
+        raise _cannot(path, exc, failed) from None
     os.write(fd, f"{os.getpid()}\n".encode())
     os.close(fd)
+
+
+def _lock(path: Path, created: bool) -> RunDir:
+    _create_lock(path, f"{path}: in use by another run (remove {path / LOCK} if no run is "
+                 "writing there); choose another --out", "cannot create run directory")
     claimed = RunDir(path, created)
     if any(p.name != LOCK for p in path.iterdir()):
         claimed.release()
@@ -153,14 +159,8 @@ def claim_to_resume(path: str | Path) -> RunDir:
             lock.unlink()
         except OSError as exc:
             raise _cannot(lock, exc, "cannot take over the lock") from None
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        raise OutputError(f"{path}: in use by another run; choose another --out") from None
-    except OSError as exc:
-        raise _cannot(path, exc, "cannot claim the run directory") from None
-    os.write(fd, f"{os.getpid()}\n".encode())
-    os.close(fd)
+    _create_lock(path, f"{path}: in use by another run; choose another --out",
+                 "cannot claim the run directory")
     return RunDir(path, created=False)
 
 
@@ -423,6 +423,15 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
         except OSError:
             pass
         raise _cannot(run_dir / "summary.json", exc) from None
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run directory's summary.json, or None when it has none (or not a readable one)."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, str]]:

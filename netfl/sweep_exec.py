@@ -17,7 +17,6 @@ schedules on a local instance or a cluster.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import signal
@@ -33,11 +32,11 @@ from typing import Any, TextIO
 
 import yaml
 
-from netfl.results import OutputError
+from netfl.results import OutputError, read_summary
 from netfl.scenario import Scenario, ScenarioError
 from netfl.sweep import Sweep, check_all, digest, digest_data, from_scenarios, swept_keys
 from netfl.sweep_table import table_row, write_table
-from netfl.workers import start_workers, worker_context  # noqa: F401 (cli imports it here)
+from netfl.workers import worker_context
 
 FINAL = ("completed", "diverged")  # outcomes a rerun would repeat: a resume keeps them
 TABLE = "sweep.csv"
@@ -66,14 +65,6 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from netfl.cli import _user_errors
 
     return _user_errors()
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return summary if isinstance(summary, dict) else None
 
 
 def _interrupted(run_dir: str | Path) -> Outcome:
@@ -203,11 +194,6 @@ def _future_outcome(future: Future, run_dir: Path, interrupted: bool) -> Outcome
         return {"status": "failed", "summary": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
-# What every run imports lazily, beyond netfl.api: the build (with the simulator, learners
-# and data), torch._dynamo (torch.func and the memory check's meta-device forward import
-# it: ~800 modules) and scikit-learn's datasets (the digits). A worker that had to import
-# them itself would spend seconds of CPU on its first run; forked from a fork server that
-# imported them, it never does.
 def _processes(jobs: list[Job], record: Callable[[int, Outcome], None], workers: int) -> bool:
     """Runs in `workers` processes at a time; True when Ctrl-C stopped them."""
     context = worker_context()

@@ -12,6 +12,11 @@ import multiprocessing
 import sys
 from typing import Any
 
+# What every run imports lazily, beyond netfl.api: the build (with the simulator, learners
+# and data), torch._dynamo (torch.func and the memory check's meta-device forward import
+# it: ~800 modules) and scikit-learn's datasets (the digits). A worker that had to import
+# them itself would spend seconds of CPU on its first run; forked from a fork server that
+# imported them, it never does.
 RUN_IMPORTS = ("netfl.api", "netfl.sweep_exec", "netfl.run", "netfl.build", "torch._dynamo",
                "sklearn.datasets")
 

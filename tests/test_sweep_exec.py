@@ -220,24 +220,22 @@ def test_the_fork_server_preloads_what_a_run_imports():
 def test_the_fork_server_starts_before_the_sweep_is_loaded(tmp_path, monkeypatch):
     from multiprocessing import forkserver
 
-    import netfl.sweep_exec
     import netfl.workers
 
     calls: list[object] = []
     monkeypatch.setattr(forkserver, "ensure_running", lambda: calls.append("server"))
-    netfl.sweep_exec.start_workers(1)
+    netfl.workers.start_workers(1)
     assert calls == []  # one worker: the runs go in this process
-    netfl.sweep_exec.start_workers(2)
+    netfl.workers.start_workers(2)
     assert calls == ["server"]
 
     calls.clear()
-    monkeypatch.setattr(netfl.sweep_exec, "start_workers", lambda n: calls.append(("start", n)))
     monkeypatch.setattr(netfl.workers, "start_workers", lambda n: calls.append(("early", n)))
     real_load = sweep.load
     monkeypatch.setattr(sweep, "load", lambda *a: calls.append("load") or real_load(*a))
     path, out = sweep_file(tmp_path, [0]), tmp_path / "out"
     assert main(["sweep", str(path), "--out", str(out), "--quiet", "--workers", "3"]) == 0
-    assert calls == [("early", 3), ("start", 3), "load"]  # early: before netfl.api's imports
+    assert calls == [("early", 3), "load"]  # early: before netfl.api's imports, once
     calls.clear()
     assert main(["sweep", str(path), "--dry-run", "--workers", "3"]) == 0
     assert calls == ["load"]
