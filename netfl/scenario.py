@@ -578,9 +578,10 @@ class HorizonConfig(Section):
 
 class EvalConfig(Section):
     every: int = Field(default=10, ge=1, description="rounds between evaluations")
-    divergence_every: int = Field(
-        default=1, ge=1, description="rounds between divergence values in metrics.csv "
-        "(and the last round); other rows leave the cell empty")
+    divergence_every: int | None = Field(
+        default=None, ge=1, description="rounds between divergence values in metrics.csv "
+        "(and the last round; null: every eval.every rounds, with the evaluations); other "
+        "rows leave the cell empty")
     on: Literal["test", "train"] = "test"
     max_samples: int | None = Field(default=None, ge=1)
     local: bool = True

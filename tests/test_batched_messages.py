@@ -159,3 +159,20 @@ def test_send_many_to_an_offline_endpoint_loses_only_that_message():
     env.run()
     assert [m.src for m in lost] == [1] and net.messages_lost == 1
     assert sorted(m.src for c in calls for m in c) == [0, 2]
+
+
+def test_the_continuous_run_moves_its_batches_as_arrays(tmp_path, monkeypatch):
+    """Uploads and broadcasts of the base case take the array path (netfl.sim.flow_batch),
+    whose files test_batched_messages_give_the_per_message_run compares."""
+    import netfl.sim.network as network_module
+
+    sizes: list[int] = []
+
+    class Counting(network_module.FlowBatch):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            sizes.append(len(args[3]))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(network_module, "FlowBatch", Counting)
+    simulate(from_dict(BASE), out=tmp_path)
+    assert sizes == [12] * 12  # 6 rounds of 12 uploads and 12 broadcasts

@@ -121,8 +121,20 @@ def test_divergence_every_writes_exact_values_and_leaves_other_cells_empty(tiny)
             {k: v for k, v in b.items() if k != "divergence"}
 
 
+def test_divergence_follows_the_evaluations_by_default(tiny):
+    """Unset, the divergence is written on the evaluation rows (eval.every) and the last."""
+    rows = Rows()
+    scenario = tiny(protocol={"name": "periodic", "b": 3}, horizon={"rounds": 9},
+                    eval={"every": 4})
+    assert scenario.eval.divergence_every is None
+    built = build(scenario, observers=[rows])
+    assert built.simulation.divergence_every == 4
+    built.simulation.run()
+    assert [r["round"] for r in rows.rows if "divergence" in r] == [4, 8, 9]
+    assert [r["round"] for r in rows.rows if "acc_mean_model" in r] == [4, 8, 9]
+
+
 def test_divergence_every_is_validated(tiny):
-    assert tiny().eval.divergence_every == 1  # every row by default, as before
     assert tiny(eval={"divergence_every": 5}).eval.divergence_every == 5
     with pytest.raises(ScenarioError, match="eval.divergence_every"):
         tiny(eval={"divergence_every": 0})

@@ -7,9 +7,12 @@ row: ``flat(idx)`` is one gather, ``assign`` of a flat model one row write, and 
 optimizer's state (``optim.py``) is laid out the same way, one ``[m, T]`` tensor per kind
 of state. A step of any subset of learners is one call of ``vmap(grad(loss))`` over
 ``torch.func.functional_call`` of a single template module on those views, followed by
-one stacked optimizer update. There is no Python loop over learners anywhere: averaging,
-assignment, distances and divergence are tensor operations over the buffer's rows, whose
-reductions run per parameter block so that every value is bit for bit the one separate
+one stacked optimizer update; many learners step in chunks of rows (``step_bytes`` of
+gradients and inputs each, ``_step_chunks``), so a step holds one chunk's gradients and
+temporaries, not a [m, P] set of each, with the same values bit for bit. There is no
+Python loop over learners anywhere (only over such chunks): averaging, assignment,
+distances and divergence are tensor operations over the buffer's rows, whose reductions
+run per parameter block so that every value is bit for bit the one separate
 per-parameter tensors give.
 
 Conventions (seed 004, Kamp et al. 2018):
@@ -54,6 +57,8 @@ __all__ = ["LearnerBank", "StepResult", "resolve_device"]
 IndexLike = Tensor | int | Sequence[int] | None
 _CHUNK_ELEMENTS = 2**20  # parameters per chunk of a pass over rows (CPU caches)
 _HOLD_BYTES = 32 * 2**20  # largest gradient tensor held between steps (glibc's heap)
+_STEP_BYTES = 16 * 2**20  # gradients + inputs of one chunk of a step's rows, on CPU
+_STEP_BYTES_DEVICE = 2**30  # the same elsewhere (an accelerator wants large batches)
 
 
 @dataclass
@@ -162,12 +167,16 @@ class LearnerBank:
                                           device=self.device)
         for view, (_, p) in zip(column_views(self.buffer, self._shape_list), named, strict=True):
             # Built on CPU a parameter at a time (noise drawn in names order, as [m, *shape]):
-            # the values do not depend on the device, and the host holds one block at once.
-            stacked = p.unsqueeze(0).repeat(m, *([1] * p.dim()))
+            # the values do not depend on the device, and the host holds one block at once
+            # (none without noise: the model is broadcast into the rows).
             if init_noise > 0:
+                stacked = p.unsqueeze(0).repeat(m, *([1] * p.dim()))
                 stacked.add_(torch.randn(stacked.shape, generator=gen, dtype=p.dtype),
                              alpha=init_noise)
-            view.copy_(stacked)
+                view.copy_(stacked)
+                del stacked
+            else:
+                view.copy_(p.unsqueeze(0).expand(m, *p.shape))
         self.params: dict[str, Tensor] = dict(
             zip(self.names, column_views(self.buffer, self._shape_list), strict=True))
         self._blocks = column_views(self.buffer, self._flat_shapes)  # [m, n] per parameter
@@ -213,6 +222,8 @@ class LearnerBank:
         # every learner's own gradient, without vmap's per-op overhead.
         self._stacked_forward = getattr(self.model, "forward_stacked", None)
         self._scratch: dict[str, Tensor] | None = None
+        # Bytes of gradients and inputs per chunk of a step's rows (``_step_chunks``).
+        self.step_bytes: int = _STEP_BYTES if self.device.type == "cpu" else _STEP_BYTES_DEVICE
         # Exact divergence shortcuts, keyed by the parameters' version stamp (``_stamp``):
         # the stamp at which every row was last known equal (divergence exactly 0), and
         # the last full value with its stamp (nothing changed since: the same value).
@@ -371,49 +382,93 @@ class LearnerBank:
             raise ValueError(f"y: expected {want}, got shape {tuple(y.shape)}")
         x, y = self._inputs(x), self._targets(y)
         self._scratch = None  # the last step's gradients: their memory is the new ones'
-        # All learners: the buffer's own views (no copy); a subset: one gather of its rows.
-        rows = self._rows(index)
-        current = self.params if index is None else self._views(rows)
-        if self._stacked_forward is not None:
-            grads, (loss_sum, logits) = self._train_stacked(current, x, y)
+        chunks = self._step_chunks(k, x)
+        if len(chunks) == 1:
+            grads, loss_sum, correct = self._step_rows(index, None, x, y)
         else:
-            if index is None:
-                train, frozen = self._split_all
-            else:
-                train = {n: current[n] for n in self.trainable}
-                frozen = {n: current[n] for n in self._frozen}
-            grads, (loss_sum, logits) = self._train(train, frozen, x, y)
-        if self.anchor is not None or self.correction is not None:
-            self._add_terms(grads, rows, index)
-        self.optimizer.update(self._plist(), [grads[n] for n in self.trainable], index)
-        if self.regression:
-            correct = torch.zeros(k, dtype=torch.int64, device=self.device)
-        else:
-            correct = (logits.argmax(-1) == y).sum(-1)
+            losses, counts = [], []
+            for i, (s, e) in enumerate(chunks):
+                part, span = (None, (s, e)) if index is None else (index[s:e], None)
+                grads, loss, count = self._step_rows(part, span, x[s:e], y[s:e])
+                losses.append(loss)
+                counts.append(count)
+                if i < len(chunks) - 1:
+                    del grads  # freed before the next chunk allocates: its memory is reused
+            loss_sum, correct = torch.cat(losses), torch.cat(counts)
         # Hold the gradients until the next step starts. Freed at once, they leave a large
         # free block that glibc returns to the OS and faults back in on the next step
         # (about twice the page faults of a plain loop, ~10% slower on CPU); held, then
         # freed just before the next step allocates, they are reused. Only where that
         # works: on CPU, and tensors that glibc keeps on its heap (up to 32 MiB, its
         # largest mmap threshold; larger ones are always mapped afresh), so a large bank
-        # does not keep a useless gradient set between steps.
+        # does not keep a useless gradient set between steps. (With chunks: the last
+        # chunk's, whose memory every chunk of the next step reuses.)
         if self.device.type == "cpu" and max(g.nbytes for g in grads.values()) <= _HOLD_BYTES:
             self._scratch = grads
         return StepResult(loss_sum=loss_sum, correct=correct)
 
-    def _add_terms(self, grads: dict[str, Tensor], rows: Tensor, index: Tensor | None) -> None:
+    def _step_chunks(self, k: int, x: Tensor) -> list[tuple[int, int]]:
+        """Row ranges ``[s, e)`` of one step: chunks whose gradients and inputs take about
+        ``step_bytes`` (on CPU ``_STEP_BYTES``, ``_STEP_BYTES_DEVICE`` elsewhere), so a step of many
+        learners holds one chunk's gradients and autograd temporaries at a time (bounded
+        memory, and in cache) rather than a [k, T] set of each. Balanced (sizes differ by
+        at most one row) and never under two rows (a one-row reduction may be split across
+        threads, which sums in another order). Every row is computed by the same
+        operations whatever the chunking: results are bit for bit one pass's."""
+        per_row = self.optimizer.width * self.buffer.element_size()
+        per_row += x[0].nbytes if k else 0
+        n = min(-(-k * per_row // max(1, self.step_bytes)), k // 2)
+        if n <= 1:
+            return [(0, k)]
+        return [(k * i // n, k * (i + 1) // n) for i in range(n)]
+
+    def _step_rows(self, index: Tensor | None, span: tuple[int, int] | None, x: Tensor,
+                   y: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """One step of the rows ``index`` (None: all, or the row range ``span`` of them) on
+        their batch ``x``, ``y``: (their gradients, loss_sum, correct)."""
+        if index is None and span is None:  # all learners: the buffer's own views (no copy)
+            rows, current = self.buffer, self.params
+        elif index is None:  # a range of rows: views of the buffer's rows (no copy)
+            rows = self.buffer[span[0]:span[1]]
+            current = self._views(rows)
+        else:  # a subset: one gather of its rows
+            rows = self.buffer.index_select(0, index)
+            current = self._views(rows)
+        if self._stacked_forward is not None:
+            grads, (loss_sum, logits) = self._train_stacked(current, x, y)
+        else:
+            if index is None and span is None:
+                train, frozen = self._split_all
+            else:
+                train = {n: current[n] for n in self.trainable}
+                frozen = {n: current[n] for n in self._frozen}
+            grads, (loss_sum, logits) = self._train(train, frozen, x, y)
+        if self.anchor is not None or self.correction is not None:
+            self._add_terms(grads, rows, index, span)
+        self.optimizer.update(self._plist(), [grads[n] for n in self.trainable], index,
+                              rows=span)
+        if self.regression:
+            correct = torch.zeros(x.shape[0], dtype=torch.int64, device=self.device)
+        else:
+            correct = (logits.argmax(-1) == y).sum(-1)
+        return grads, loss_sum, correct
+
+    def _add_terms(self, grads: dict[str, Tensor], rows: Tensor, index: Tensor | None,
+                   span: tuple[int, int] | None = None) -> None:
         """Add the proximal term ``mu*(w - anchor)`` and the correction rows to ``grads`` of
-        the rows ``index`` (whose parameters are ``rows [k, P]``), in place: one op over the
-        trainable columns for the difference, one fused op per term for the gradients."""
+        the rows ``index`` (or the row range ``span``; all for neither), whose parameters
+        are ``rows [k, P]``, in place: one op over the trainable columns for the
+        difference, one fused op per term for the gradients."""
         g = [grads[n] for n in self.trainable]
+        s, e = span if span is not None else (0, self.m)
         if self._anchor_flat is not None:
-            anchor = self._anchor_flat if index is None else self._anchor_flat.index_select(
+            anchor = self._anchor_flat[s:e] if index is None else self._anchor_flat.index_select(
                 0, index)
             diff = torch.sub(self._trainable_rows(rows), anchor)
             torch._foreach_add_(g, column_views(diff, self._train_shapes), alpha=self.prox_mu)
         if self.correction is not None:
             if index is None:
-                corr = [self._correction_rows[n] for n in self.trainable]
+                corr = [self._correction_rows[n][s:e] for n in self.trainable]
             else:
                 picked = self._trainable_rows(self.correction).index_select(0, index)
                 corr = column_views(picked, self._train_shapes)

@@ -9,7 +9,10 @@ count per learner for its bias correction.
 ``update(params, grads, idx)`` changes the rows ``idx`` of ``params`` (and of the
 state) in place; ``grads`` holds the gradients of those rows, in the order of
 ``idx``. ``idx=None`` (or all learners in order) takes a fast path with no
-gather/scatter. Indices must be unique.
+gather/scatter. Indices must be unique. ``rows=(s, e)`` (with ``idx=None``) is that
+fast path over the row range ``[s, e)`` alone, ``grads`` being those rows' gradients:
+a bank that steps its learners a chunk of rows at a time updates each chunk in place,
+with the same elementwise operations on every row as one update of all rows.
 
 Layout: each kind of state (momentum, Adam's two moments) is one contiguous ``[m, T]``
 tensor (T: the values of one row of all ``params``, in list order), and the per-tensor
@@ -124,9 +127,22 @@ class Optimizer:
             return self._flat
         return None
 
-    def update(self, params: list[Tensor], grads: list[Tensor], idx: Tensor | None = None) -> None:
-        """Apply one step to learners ``idx`` in place (``None``: all learners)."""
+    def update(self, params: list[Tensor], grads: list[Tensor], idx: Tensor | None = None,
+               *, rows: tuple[int, int] | None = None) -> None:
+        """Apply one step to learners ``idx`` in place (``None``: all learners, or the
+        row range ``rows`` of them)."""
         raise NotImplementedError
+
+    def _span(self, idx: Tensor | None, rows: tuple[int, int] | None) -> tuple[bool, int, int]:
+        """(whether the update takes the in-place path, and its row range ``[s, e)``)."""
+        if rows is None:
+            return is_full(idx, self.m), 0, self.m
+        if idx is not None:
+            raise ValueError("rows: a row range is given with idx=None only")
+        s, e = int(rows[0]), int(rows[1])
+        if not 0 <= s <= e <= self.m:
+            raise ValueError(f"rows: expected 0 <= s <= e <= {self.m}, got {rows}")
+        return True, s, e
 
     def reset(self, idx: Tensor | None = None) -> None:
         """Forget the state of learners ``idx`` (``None``: all), as a fresh optimizer."""
@@ -178,8 +194,11 @@ class SGD(Optimizer):
         if self.momentum_flat is not None:
             _clear(self.momentum_flat, idx)
 
-    def update(self, params: list[Tensor], grads: list[Tensor], idx: Tensor | None = None) -> None:
-        full = is_full(idx, self.m)
+    def update(self, params: list[Tensor], grads: list[Tensor], idx: Tensor | None = None,
+               *, rows: tuple[int, int] | None = None) -> None:
+        full, s, e = self._span(idx, rows)
+        if full and (s, e) != (0, self.m):
+            params = [p[s:e] for p in params]
         lr, mu, wd = self.lr, self.momentum, self.weight_decay
         if wd:
             current = params if full else [p.index_select(0, idx) for p in params]
@@ -187,9 +206,12 @@ class SGD(Optimizer):
         step = grads
         if mu:
             assert self.momentum_flat is not None
-            if full:
+            if full and (s, e) == (0, self.m):
                 bufs = self.buffers
                 flat = self.momentum_flat
+            elif full:
+                bufs = [b[s:e] for b in self.buffers]
+                flat = self.momentum_flat[s:e]
             else:
                 flat = self.momentum_flat.index_select(0, idx)
                 bufs = column_views(flat, self.shapes)
@@ -249,10 +271,19 @@ class Adam(Optimizer):
         else:
             self.steps.index_fill_(0, idx, 0)
 
-    def update(self, params: list[Tensor], grads: list[Tensor], idx: Tensor | None = None) -> None:
-        full = is_full(idx, self.m)
+    def update(self, params: list[Tensor], grads: list[Tensor], idx: Tensor | None = None,
+               *, rows: tuple[int, int] | None = None) -> None:
+        full, s0, e0 = self._span(idx, rows)
         b1, b2 = self.betas
-        if full:
+        flat = self._flat_of(params)
+        if full and (s0, e0) != (0, self.m):  # a row range: the same path on its rows
+            params = [p[s0:e0] for p in params]
+            flat = None if flat is None else flat[s0:e0]
+            self.steps[s0:e0] += 1
+            steps, current = self.steps[s0:e0], params
+            f1, f2 = self.exp_avg_flat[s0:e0], self.exp_avg_sq_flat[s0:e0]
+            m1, m2 = [v[s0:e0] for v in self.exp_avg], [v[s0:e0] for v in self.exp_avg_sq]
+        elif full:
             self.steps += 1
             steps, f1, f2, current = self.steps, self.exp_avg_flat, self.exp_avg_sq_flat, params
             m1, m2 = self.exp_avg, self.exp_avg_sq
@@ -275,10 +306,9 @@ class Adam(Optimizer):
         # From here on no gradient is read: one operation over the [k, T] moments per
         # chunk of rows, whose temporary stays in cache (one [k, T] temporary would be a
         # fresh allocation each step, faulted in page by page: 1.5x slower at m=1000).
-        flat = self._flat_of(params)
-        rows = max(1, _CHUNK_ELEMENTS // self.width)
-        for s in range(0, f2.shape[0], rows):
-            e = min(s + rows, f2.shape[0])
+        per = max(1, _CHUNK_ELEMENTS // self.width)
+        for s in range(0, f2.shape[0], per):
+            e = min(s + per, f2.shape[0])
             denom = torch.sqrt(f2[s:e])
             denom.div_(_rows(bc2_sqrt[s:e], denom)).add_(self.eps)
             upd = torch.div(f1[s:e], denom, out=denom).mul_(_rows(step_size[s:e], denom))

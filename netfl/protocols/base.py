@@ -224,7 +224,12 @@ class StarAveraging(Protocol):
 
     def _on_models(self, msgs: list[Any]) -> None:
         """Uploads that arrived together, as ``_on_model`` one after another: the round
-        takes them up to the one that closes it, the rest are late."""
+        takes them up to the one that closes it, the rest are late. An array batch's
+        arrivals (``Arrived``) of one round go whole, read as columns."""
+        rnd = getattr(msgs, "round", None)
+        if rnd is not None:
+            self._take(rnd, msgs)
+            return
         start, n = 0, len(msgs)
         while start < n:  # runs of one round (a batch is one round's uploads)
             rnd = msgs[start].round
@@ -240,7 +245,9 @@ class StarAveraging(Protocol):
             return
         box = self.inbox.setdefault(rnd, [])
         pending = self.pending[rnd]
-        srcs = [msg.src for msg in msgs]
+        srcs = getattr(msgs, "srcs", None)
+        if srcs is None:
+            srcs = [msg.src for msg in msgs]
         # the message after which _check closes the round: the needed-th model, or the one
         # that empties pending (pending is never empty while the round is open)
         close = self.needed[rnd] - len(box) - 1
@@ -249,7 +256,8 @@ class StarAveraging(Protocol):
             close = min(close, max(map(first.__getitem__, pending), default=0))
         first = not box
         taken = msgs[: close + 1]
-        box.extend(msg.payload for msg in taken)
+        payloads = getattr(taken, "payloads", None)
+        box.extend((msg.payload for msg in taken) if payloads is None else payloads)
         pending.difference_update(srcs[: close + 1])
         if first and self.deadline is not None:
             timer = self.sim.env.timeout(self.deadline, rnd)
@@ -364,8 +372,14 @@ class StarAveraging(Protocol):
     def _on_averages(self, msgs: list[Any], version: int) -> None:
         """Broadcasts of one payload that arrived together, as ``_on_average`` one after
         another (each touches only its own receiver's state)."""
-        dsts = np.fromiter((msg.dst for msg in msgs), dtype=np.int64, count=len(msgs))
-        rounds = np.fromiter((msg.round for msg in msgs), dtype=np.int64, count=len(msgs))
+        columns = getattr(msgs, "dsts", None)  # an array batch's arrivals: as columns
+        if columns is not None:
+            dsts = np.array(columns, dtype=np.int64)
+        else:
+            dsts = np.fromiter((msg.dst for msg in msgs), dtype=np.int64, count=len(msgs))
+        rounds: Any = getattr(msgs, "round", None)
+        if rounds is None:
+            rounds = np.fromiter((msg.round for msg in msgs), dtype=np.int64, count=len(msgs))
         np.maximum.at(self.received, dsts, rounds)
         self.channel.received_many(dsts, version)
         self._received_many(dsts, msgs[0].payload, version)

@@ -92,12 +92,27 @@ class Channel:
         """The models the coordinator reconstructs, [k, P]."""
         if self.uplink is None:
             return wire.decode_vectors(payloads, self.bank.device)
-        rows = []
-        for payload in payloads:
+        if not payloads:
+            return torch.stack([])  # refuses, as ever
+        out: torch.Tensor | None = None
+        for i, payload in enumerate(payloads):  # into one [k, P] tensor: no list + stack copy
             version, blobs = unframe(payload)
             update = torch.cat([t.reshape(-1) for t in self.uplink.decode_update(blobs)])
-            rows.append(self.bases[version] + update.to(self.bases[version].device))
-        return torch.stack(rows)
+            row = self.bases[version] + update.to(self.bases[version].device)
+            if out is None:
+                out = torch.empty((len(payloads), *row.shape), dtype=row.dtype,
+                                  device=row.device)
+            out[i] = row
+        assert out is not None
+        return out
+
+    def mean_up(self, payloads: list[bytes]) -> torch.Tensor:
+        """``decode_up(payloads).mean(dim=0)``, bit for bit: the coordinator's average of a
+        round's uploads, [P]. Full models that are the rows of one encoding (a round's
+        uploads, from ``encode_up``) are averaged in place: no [k, P] copy is made."""
+        if self.uplink is None:
+            return wire.mean_vectors(payloads, self.bank.device)
+        return self.decode_up(payloads).mean(dim=0)
 
     # ----------------------------------------------------------------- downlink
 

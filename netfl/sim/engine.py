@@ -166,7 +166,8 @@ class Simulation:
         """Send one message per (src, dst) pair at once, as ``send`` would one by one; a
         scalar ``srcs`` or ``dsts`` is every message's, and one ``bytes`` payload is shared by
         all (one object, measured once). ``on_arrival`` gets each list of messages that
-        arrive together (``Network.send_many``)."""
+        arrive together (``Network.send_many``; from an array batch an ``Arrived``, a
+        sequence of messages that also has their ``srcs``, ``dsts``, ``payloads``, ``round``)."""
         srcs = srcs.tolist() if isinstance(srcs, np.ndarray) else srcs
         dsts = dsts.tolist() if isinstance(dsts, np.ndarray) else dsts
         n = len(srcs) if isinstance(srcs, list) else len(dsts)
@@ -175,16 +176,16 @@ class Simulation:
         if not isinstance(dsts, list):
             dsts = [dsts] * n
         rnd = int(rnd)
+        # as columns: the network makes Message objects only where it needs them
         if isinstance(payloads, (bytes, bytearray, memoryview)):
-            size = self.message_size(payloads)
-            msgs = [Message(kind, src, dst, rnd, payloads, size) for src, dst in zip(srcs, dsts)]
-        else:
-            if len(payloads) != n:
-                raise ValueError(f"send_many: {len(payloads)} payloads for {n} messages")
-            charge = self.message_size
-            msgs = [Message(kind, src, dst, rnd, payload, charge(payload))
-                    for src, dst, payload in zip(srcs, dsts, payloads)]
-        self.network.send_many(msgs, on_arrival)
+            self.network.send_columns(kind, srcs, dsts, rnd, payloads, None,
+                                      [self.message_size(payloads)] * n, on_arrival)
+            return
+        payloads = list(payloads)
+        if len(payloads) != n:
+            raise ValueError(f"send_many: {len(payloads)} payloads for {n} messages")
+        self.network.send_columns(kind, srcs, dsts, rnd, None, payloads,
+                                  list(map(self.message_size, payloads)), on_arrival)
 
     def make_channel(self, *, base: torch.Tensor | None = None, seed: int = 0) -> Channel:
         """A model channel with this run's codecs (full float32 models when none are set)."""

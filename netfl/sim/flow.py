@@ -23,6 +23,13 @@ one instant (a broadcast, m uploads arriving together) is collected and refilled
 once. Completions sit in one heap keyed by finish time, with lazy invalidation
 when a rate changes, behind a single SimPy alarm.
 
+Every float sum of a refill (link weights, the capacity left as flows are fixed, link
+loads, delay shares) runs in flow start order (``seq``), never in the order of a set,
+so a run is reproducible to the last bit, and netfl.sim.flow_batch (a batch of messages
+as arrays, with the same steps in the same order) gives the very same numbers. While
+such a batch is in flight it is the flow model's ``array``: the flush and the alarm
+hand over to it, and anything else that starts a flow first turns it into flows here.
+
 Written by hand: no maintained Python library does incremental max-min sharing
 on an event clock (SimGrid's LMM solver is C++ and runs its own engine).
 """
@@ -30,8 +37,8 @@ on an event clock (SimGrid's LMM solver is C++ and runs its own engine).
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import simpy
@@ -46,6 +53,7 @@ SHARING = ("rtt", "fair")
 _LATENT, _SHARING, _DONE = 0, 1, 2
 _FINISH_TOLERANCE = 1e-9  # seconds: flows finishing this close together complete together
 _TINY = 1e-9  # bit/s: spare capacity below this is none
+_BY_SEQ = attrgetter("seq")
 
 
 class Flow:
@@ -95,7 +103,9 @@ class FlowSharing:
         self._heap: list[tuple[float, int, int, Flow]] = []  # finish, seq, version, flow
         self._alarm_at = math.inf
         self._alarm_token = 0
-        self._seq = itertools.count()
+        self.next_seq = 0  # seq of the next flow (a FlowBatch takes a range of them)
+        self.live = 0  # flows of this object path not yet done
+        self.array = None  # the FlowBatch moving flows as arrays, or None (netfl.sim.flow_batch)
         self.refills = 0  # component recomputations, for benchmarks
         self.refilled_flows = 0
         self.alone = 0  # starts and ends that needed no refill
@@ -107,12 +117,24 @@ class FlowSharing:
 
     # -- life of a flow ---------------------------------------------------------------------------
 
+    def idle(self) -> bool:
+        """No flow in flight, no array batch, nothing due at the end of this instant."""
+        return not self.live and self.array is None and not self._flush_scheduled
+
+    def materialize(self) -> None:
+        """Turn the array batch in flight (if any) into flows of the object path."""
+        if self.array is not None:
+            self.array.materialize()
+
     def start(self, transit: Transit, doomed: bool = False) -> None:
+        self.network._unstore()  # an array batch in flight becomes flows; links up to date
         try:
             latency, bound, weight = self._params[transit.route]
         except KeyError:
             latency, bound, weight = self._params_of(transit.route)
-        flow = Flow(transit, bound, weight, doomed, next(self._seq))
+        flow = Flow(transit, bound, weight, doomed, self.next_seq)
+        self.next_seq += 1
+        self.live += 1
         transit.flow = flow
         size = transit.msg.size
         for link in flow.links:
@@ -275,6 +297,8 @@ class FlowSharing:
         for other in flow.links:
             other.members.discard(flow)
             other.bytes -= round(untransferred)
+        if flow.phase != _DONE:
+            self.live -= 1
         flow.phase = _DONE
         flow.version += 1
 
@@ -288,6 +312,9 @@ class FlowSharing:
     def _flush(self, _event: simpy.Event) -> None:
         """Apply this instant's ends and starts, refill what they touched, deliver."""
         self._flush_scheduled = False
+        if self.array is not None:
+            self.array.flush()
+            return
         now = self.env.now
         leaves, self._leaves = self._leaves, []
         joins, self._joins = self._joins, []
@@ -333,17 +360,22 @@ class FlowSharing:
                 if flow.stamp != stamp:
                     flow.stamp = stamp
                     flows.append(flow)
-                    weight = flow.weight
                     for link in flow.links:
                         if link not in seen_links:
                             seen_links.add(link)
                             stack.append(link)
                             link.left, link.weights, link.unfixed, link.load, link.held = (
                                 link.bandwidth, 0.0, 0, 0.0, 0)
-                        link.weights += weight
-                        link.unfixed += 1
         if not flows:
             return
+        # every float sum below runs in flow start order, never in set order, so the
+        # result is reproducible (and the same as netfl.sim.flow_batch's)
+        flows.sort(key=_BY_SEQ)
+        for flow in flows:
+            weight = flow.weight
+            for link in flow.links:
+                link.weights += weight
+                link.unfixed += 1
         self.refills += 1
         self.refilled_flows += len(flows)
         bounded = []
@@ -380,6 +412,8 @@ class FlowSharing:
                 if level != (left if left > 0 else 0.0) / item.weights:
                     continue  # stale entry
                 members = [flow for flow in item.flows if flow.level < 0]
+                if len(members) > 1:
+                    members.sort(key=_BY_SEQ)
                 bottleneck = item
             for flow in members:
                 flow.level = level
@@ -426,6 +460,9 @@ class FlowSharing:
         if event.value != self._alarm_token:
             return  # superseded by an earlier alarm
         self._alarm_at = math.inf
+        if self.array is not None:
+            self.array.ring()
+            return
         limit = self.env.now + _FINISH_TOLERANCE
         heap = self._heap
         delivered = []
@@ -433,6 +470,7 @@ class FlowSharing:
             _, _, version, flow = heapq.heappop(heap)
             if flow.phase == _SHARING and version == flow.version:
                 flow.phase = _DONE
+                self.live -= 1
                 if not self._flush_scheduled and self._leave_alone(flow):
                     delivered.append(flow)
                 else:

@@ -34,13 +34,25 @@ phase at the same instant share one latency timer. Everything else (loss draws, 
 routes, offline endpoints, records) is per message exactly as with ``send``, and the
 order in which the callbacks see messages is the per-message order, so a batch gives
 results identical to sending its messages one by one.
+
+Array batches: in the flow model a batch moves as numpy arrays (netfl.sim.flow_batch),
+with no Transit or Flow object per message, when nothing else is in flight in the flow
+model and every message has a route that is up, non-empty, lossless and with latency,
+and both ends online. Its layout (routes as link keys, rate bounds, weights) is built
+once per sequence of endpoint pairs; uploads to and broadcasts from the coordinator find
+all their routes at once in the coordinator's shortest-path tree. While it runs, and
+until the object path next needs them, link statistics live in arrays
+(``flow_batch.LinkArrays``); ``link_stats`` and the counters read them through. Another
+message sent while the batch is in flight, a link failure, an endpoint going offline or
+a counter reset first hands the batch to the object path in the exact state it would
+have there. Any other batch (loss, a busy network, an empty route, store-and-forward)
+takes the object path. Results are bit for bit the same either way (tests/test_flow_batch.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +61,7 @@ import numpy as np
 import simpy
 
 from netfl.sim.flow import FlowSharing
+from netfl.sim.flow_batch import FlowBatch, Layout, LinkArrays
 from netfl.sim.interface import COORDINATOR
 from netfl.sim.links import STAT_COLUMNS, Link, read_links
 from netfl.sim.routing import Router, node_key
@@ -72,6 +85,109 @@ class Message:
     size: int  # bytes charged: encoded payload + header, computed by the sender
     sent_at: float = 0.0  # set by Network.send
     delivered_at: float = 0.0  # set on delivery
+
+
+class Columns:
+    """The messages of one batch as columns: Message objects are made only when asked for
+    (``message``), once each, so an array batch that nobody inspects message by message
+    makes none. ``kind`` and ``round`` are the batch's (None: they differ, see ``kinds``
+    and ``rounds``); ``payload`` is the one payload every message shares, else ``payloads``
+    holds one each."""
+
+    __slots__ = ("n", "kind", "kinds", "srcs", "dsts", "round", "rounds", "payload",
+                 "payloads", "sizes", "sent_at", "delivered_at", "objs")
+
+    def __init__(self, kind: str | None, srcs: list, dsts: list, rnd: int | None,
+                 payload: Any, payloads: list | None, sizes: np.ndarray,
+                 objs: list[Message | None] | None = None, kinds: list[str] | None = None,
+                 rounds: list[int] | None = None) -> None:
+        self.n = len(srcs)
+        self.kind, self.kinds, self.srcs, self.dsts = kind, kinds, srcs, dsts
+        self.round, self.rounds, self.payload, self.payloads = rnd, rounds, payload, payloads
+        self.sizes = sizes
+        self.sent_at = 0.0
+        self.delivered_at = np.zeros(self.n)
+        self.objs: list[Message | None] = [None] * self.n if objs is None else objs
+
+    @classmethod
+    def of(cls, msgs: list[Message]) -> Columns:
+        """Columns of existing messages (which stay the batch's messages)."""
+        kinds = [msg.kind for msg in msgs]
+        rounds = [msg.round for msg in msgs]
+        kind = kinds[0] if kinds.count(kinds[0]) == len(kinds) else None
+        rnd = rounds[0] if rounds.count(rounds[0]) == len(rounds) else None
+        sizes = np.array([msg.size for msg in msgs], dtype=np.int64)
+        return cls(kind, [msg.src for msg in msgs], [msg.dst for msg in msgs], rnd, None,
+                   [msg.payload for msg in msgs], sizes, list(msgs), kinds, rounds)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, row: int) -> Message:
+        return self.message(row)
+
+    def message(self, row: int) -> Message:
+        """Message ``row`` (made on first use, with its send and delivery times)."""
+        msg = self.objs[row]
+        if msg is None:
+            msg = self.objs[row] = Message(
+                self.kind if self.kinds is None else self.kinds[row], self.srcs[row],
+                self.dsts[row], self.round if self.rounds is None else self.rounds[row],
+                self.payload if self.payloads is None else self.payloads[row],
+                int(self.sizes[row]), self.sent_at, float(self.delivered_at[row]))
+        return msg
+
+    def messages(self) -> list[Message]:
+        return [self.message(row) for row in range(self.n)]
+
+
+class Arrived(Sequence):
+    """Messages of an array batch that arrived together: a read-only list of Message
+    objects (made when read), plus their columns (``srcs``, ``dsts``, ``payloads``,
+    ``round``) for callbacks that take a batch at once."""
+
+    __slots__ = ("columns", "rows")
+
+    def __init__(self, columns: Columns, rows: list[int]) -> None:
+        self.columns, self.rows = columns, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            return Arrived(self.columns, self.rows[key])
+        return self.columns.message(self.rows[key])
+
+    def __iter__(self) -> Iterator[Message]:
+        message = self.columns.message
+        return (message(row) for row in self.rows)
+
+    @property
+    def round(self) -> int | None:
+        """The round of every message here (None: they differ)."""
+        columns = self.columns
+        if columns.rounds is None:
+            return columns.round
+        rounds = [columns.rounds[row] for row in self.rows]
+        return rounds[0] if rounds and rounds.count(rounds[0]) == len(rounds) else None
+
+    @property
+    def srcs(self) -> list:
+        srcs = self.columns.srcs
+        return [srcs[row] for row in self.rows]
+
+    @property
+    def dsts(self) -> list:
+        dsts = self.columns.dsts
+        return [dsts[row] for row in self.rows]
+
+    @property
+    def payloads(self) -> list:
+        columns = self.columns
+        if columns.payloads is None:
+            return [columns.payload] * len(self.rows)
+        return [columns.payloads[row] for row in self.rows]
 
 
 class Batch:
@@ -189,7 +305,16 @@ class Network:
         # endpoint -> seqs of its messages in flight; kept from the first offline event on,
         # so taking an endpoint offline reads its own messages, not every message in flight
         self._by_endpoint: dict[Hashable, set[int]] | None = None
-        self._seq = itertools.count()
+        self._next_seq = 0  # seq of the next transit (an array batch takes a range)
+        self._array: FlowBatch | None = None  # the batch moving as arrays (netfl.sim.flow_batch)
+        self._array_live = 0  # its messages not yet delivered
+        self.array_batches = 0  # batches that took the array path (for benchmarks)
+        # per endpoint pair: route, its links' keys, latency, rate bound, sharing weight,
+        # whether lossy, direction (0 up, 1 down, 2 peer); dropped when routes change
+        self._pair_info: dict[tuple[Hashable, Hashable], tuple[Any, ...]] = {}
+        self._store: LinkArrays | None = None  # link state as arrays (flow_batch.LinkArrays)
+        self._layouts: dict[tuple[tuple, tuple], Layout | None] = {}  # by endpoint pairs
+        self._by_key: list[Link] | None = None  # links by key
         # (batch, messages) of the last batch delivery event of the current pass: the next
         # arrival of the same batch joins it while nothing else was scheduled in between
         self._tail: tuple[Batch, list[Message]] | None = None
@@ -210,12 +335,14 @@ class Network:
         self.messages_lost = 0
         self.delivered = 0
         self.total_delay = 0.0  # seconds from send to delivery, summed over delivered messages
+        self._unstore()
         for link in self._links.values():
             link.reset()
 
     @property
     def link_bytes(self) -> dict[tuple[Hashable, Hashable], int]:
         """Bytes put on each directed link ``(u, v)`` that carried any (a fresh dict)."""
+        self._sync()
         return {(link.u, link.v): link.bytes for link in self._links.values() if link.bytes}
 
     @property
@@ -226,7 +353,25 @@ class Network:
     @property
     def in_flight(self) -> int:
         """Messages sent and neither delivered nor dropped."""
-        return len(self._in_flight)
+        return len(self._in_flight) + self._array_live
+
+    def _sync(self) -> None:
+        """Bring the links' attributes up to date (array batches keep them in arrays)."""
+        if self._store is not None:
+            self._store.write(keep=self._array is not None)
+
+    def _unstore(self) -> None:
+        """The object path needs the links: an array batch in flight becomes the object
+        path's flows and the links get their values back from the arrays."""
+        if self._array is not None:
+            self.transport.materialize()
+        if self._store is not None:
+            self._store.write()
+
+    def _take_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
 
     def counters(self) -> dict[str, Any]:
         """A snapshot of the counters (copies), e.g. for a metrics row."""
@@ -247,6 +392,7 @@ class Network:
     def link_stats(self) -> list[dict[str, Any]]:
         """One row per link direction (LINK_COLUMNS), in a fixed order."""
         now = self.env.now
+        self._sync()
         if self._link_order is None:  # links never change: sort them once
             self._link_order = sorted(self._links.values(),
                                       key=lambda link: (node_key(link.u), node_key(link.v)))
@@ -314,6 +460,31 @@ class Network:
             return
         batch = Batch(on_arrival)
         self._tail = None
+        if self.model == "flow" and len(msgs) > 1 and self.transport.idle() and (
+                self._send_array(Columns.of(msgs), batch)):
+            return
+        self._send_objects(msgs, batch)
+
+    def send_columns(self, kind: str, srcs: list, dsts: list, rnd: int, payload: Any,
+                     payloads: list | None, sizes: list[int],
+                     on_arrival: Callable[[Sequence[Message]], None]) -> None:
+        """``send_many`` of one message per (srcs[i], dsts[i]) of ``kind`` and round
+        ``rnd``, carrying ``payload`` (one shared object) or ``payloads[i]``, of
+        ``sizes[i]`` bytes; Message objects are made only where needed (``Columns``), and
+        ``on_arrival`` may get an ``Arrived`` (a sequence of messages with columns)."""
+        if not srcs:
+            return
+        batch = Batch(on_arrival)
+        self._tail = None
+        columns = Columns(kind, srcs, dsts, rnd, payload, payloads,
+                          np.array(sizes, dtype=np.int64))
+        if self.model == "flow" and len(srcs) > 1 and self.transport.idle() and (
+                self._send_array(columns, batch)):
+            return
+        self._send_objects(columns.messages(), batch)
+
+    def _send_objects(self, msgs: list[Message], batch: Batch) -> None:
+        """The object path of a batch: one Transit (and Flow) per message."""
         transport = self.transport
         if self.model == "flow":
             transport.open_batch()
@@ -326,6 +497,188 @@ class Network:
                 transport.close_batch()
             self._tail = None
 
+    def _pair_info_of(self, src: Hashable, dst: Hashable) -> tuple[Any, ...]:
+        """What an array batch needs of the route between two endpoints (cached)."""
+        try:
+            route = self._endpoint_routes[src, dst]
+        except (KeyError, TypeError):
+            route = self._endpoint_route(src, dst)
+        if not route:
+            info: tuple[Any, ...] = (route, (), 0.0, math.inf, 1.0, True, 0)
+        else:
+            latency, bound, weight = self.transport._params_of(route)
+            direction = 0 if dst == COORDINATOR else 1 if src == COORDINATOR else 2
+            info = (route, tuple(link.key for link in route), latency, bound, weight,
+                    any(link.loss for link in route), direction)
+        self._pair_info[src, dst] = info
+        return info
+
+    def _layout(self, msgs: Columns) -> Layout | None:
+        """The batch layout of ``msgs``' endpoint pairs (cached per sequence of pairs), or
+        None when some route is missing, empty, lossy or without latency."""
+        try:
+            key = (tuple(msgs.srcs), tuple(msgs.dsts))
+            return self._layouts[key]
+        except KeyError:
+            pass
+        except TypeError:  # an endpoint id that cannot be hashed: the object path
+            return None
+        if self._by_key is None:
+            self._by_key = sorted(self._links.values(), key=lambda link: link.key)
+        layout = self._star_layout(*key)
+        if layout is False:
+            pair_info, info_of = self._pair_info, self._pair_info_of
+            infos = [pair_info.get(pair) or info_of(*pair) for pair in zip(*key)]
+            layout = None
+            if all(not info[5] and info[2] > 0 for info in infos):
+                n = len(infos)
+                keys: list[int] = []
+                for info in infos:
+                    keys.extend(info[1])
+                layout = Layout(
+                    keys, np.fromiter((len(info[1]) for info in infos), dtype=np.int64, count=n),
+                    np.fromiter((info[3] for info in infos), dtype=np.float64, count=n),
+                    np.fromiter((info[4] for info in infos), dtype=np.float64, count=n),
+                    np.fromiter((info[2] for info in infos), dtype=np.float64, count=n),
+                    np.fromiter((info[6] for info in infos), dtype=np.int8, count=n),
+                    self._by_key)
+        if len(self._layouts) >= 8:
+            del self._layouts[next(iter(self._layouts))]
+        self._layouts[key] = layout
+        return layout
+
+    def _star_layout(self, srcs: tuple, dsts: tuple) -> Layout | None | bool:
+        """The layout of uploads to, or a broadcast from, the coordinator, found for all
+        endpoints at once in the coordinator's shortest-path tree (``Router.tree_routes``):
+        the same routes, latencies (summed hop by hop), bounds and weights as per pair.
+        False when the batch is not one of those (the caller goes pair by pair)."""
+        up = dsts[0] == COORDINATOR and dsts.count(COORDINATOR) == len(dsts)
+        if up:
+            others = srcs
+        elif srcs[0] == COORDINATOR and srcs.count(COORDINATOR) == len(srcs):
+            others = dsts
+        else:
+            return False
+        placement = self.placement
+        try:
+            if COORDINATOR in others:
+                return False
+            targets = [placement[end] for end in others]
+        except (KeyError, TypeError):
+            return False
+        found = self.router.tree_routes(placement[COORDINATOR], targets, outward=not up)
+        if found is None:
+            return False
+        hops, keys = found
+        store = self._store
+        if store is None:
+            store = self._store = LinkArrays(self._by_key)
+        n = len(hops)
+        latency = np.zeros(n)
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(hops, out=indptr[1:])
+        for k in range(int(hops.max())):  # latency += link.latency, hop by hop, as _params_of
+            rows = np.flatnonzero(hops > k)
+            latency[rows] += store.lat[keys[indptr[rows] + k]]
+        if not (latency > 0).all() or store.loss[keys].any():
+            return None
+        transport = self.transport  # as FlowSharing._params_of, route by route
+        window = transport.window_bits
+        bound = np.full(n, math.inf) if window is None else window / (2 * latency)
+        weight = 1.0 / latency if transport.sharing == "rtt" else np.ones(n)
+        return Layout(keys, hops, bound, weight, latency,
+                      np.full(n, 0 if up else 1, dtype=np.int8), self._by_key)
+
+    def _send_array(self, msgs: Columns, batch: Batch) -> bool:
+        """Send ``msgs`` as one array batch (netfl.sim.flow_batch) when that is exactly the
+        object path: nothing else in flight in the flow model, every route up, non-empty,
+        lossless and of latency > 0, no endpoint offline, no negative size.
+        Returns False (nothing done) otherwise."""
+        layout = self._layout(msgs)
+        if layout is None:
+            return False
+        n, sizes = msgs.n, msgs.sizes
+        if sizes.min() < 0:
+            return False
+        offline = self._offline
+        if offline and any(end in offline for ends in (msgs.srcs, msgs.dsts) for end in ends):
+            return False
+        per_direction = np.bincount(layout.directions, weights=sizes, minlength=3)
+        if per_direction.max() >= 2**53:
+            return False  # float sums no longer exact: the object path's int sums
+        now = self.env.now
+        self.messages += n
+        self.bytes_up += int(per_direction[0])
+        self.bytes_down += int(per_direction[1])
+        self.bytes_peer += int(per_direction[2])
+        by_kind, bytes_kind = self.messages_by_kind, self.bytes_by_kind
+        if msgs.kind is not None:
+            by_kind[msgs.kind] = by_kind.get(msgs.kind, 0) + n
+            bytes_kind[msgs.kind] = bytes_kind.get(msgs.kind, 0) + int(sizes.sum())
+        else:
+            for kind, size in zip(msgs.kinds, sizes.tolist()):
+                by_kind[kind] = by_kind.get(kind, 0) + 1
+                bytes_kind[kind] = bytes_kind.get(kind, 0) + size
+        msgs.sent_at = now
+        for msg in msgs.objs:
+            if msg is not None:
+                msg.sent_at = now
+        if self._store is None:
+            self._store = LinkArrays(self._by_key)
+        seq0 = self._next_seq
+        self._next_seq += n
+        self._array_live = n
+        self.array_batches += 1
+        self._array = FlowBatch(self.transport, self._store, batch, msgs, sizes, layout, seq0)
+        return True
+
+    def arrived_many(self, array: FlowBatch, rows: np.ndarray) -> None:
+        """``arrived`` for rows of an array batch that finished together, in order, as one
+        transport delivery pass."""
+        self._tail = None
+        now, msgs = self.env.now, array.msgs
+        order = rows.tolist()
+        msgs.delivered_at[rows] = now
+        objs = msgs.objs
+        for row in order:
+            msg = objs[row]
+            if msg is not None:
+                msg.delivered_at = now
+        on_message = self.on_message
+        if on_message is None:
+            total, delay = self.total_delay, now - msgs.sent_at
+            for _ in order:
+                total += delay
+            self.total_delay = total
+            self.delivered += len(order)
+            self._array_live -= len(order)
+        else:
+            for row, hop in zip(order, array.hops(rows)):
+                msg = msgs.message(row)
+                self._array_live -= 1
+                self.delivered += 1
+                self.total_delay += now - msg.sent_at
+                on_message(self._row(msg, hop, 1))
+        if not self._array_live:
+            self._array = None
+        event = self.env.event()
+        event.callbacks.append(array.batch)
+        event.succeed(Arrived(msgs, order))
+        if not self._in_flight and not self._array_live and self.on_idle is not None:
+            self.on_idle()
+        self._tail = None
+
+    def adopt(self, transit: Transit) -> None:
+        """A message of an array batch becomes an object-path transit (materialize)."""
+        self._in_flight[transit.seq] = transit
+        if self._by_endpoint is not None:
+            self._index(transit)
+
+    def array_done(self, array: FlowBatch) -> None:
+        """The array batch was handed to the object path."""
+        self._array_live = 0
+        self._array = None
+
     def _send(self, msg: Message, done: simpy.Event | None, batch: Batch | None) -> None:
         try:
             route = self._endpoint_routes[msg.src, msg.dst]
@@ -337,7 +690,7 @@ class Network:
         self.messages += 1
         self.messages_by_kind[msg.kind] = self.messages_by_kind.get(msg.kind, 0) + 1
         if self._offline and (msg.src in self._offline or msg.dst in self._offline):
-            transit = Transit(msg, None, None, (), done, next(self._seq), batch)
+            transit = Transit(msg, None, None, (), done, self._take_seq(), batch)
             self._in_flight[transit.seq] = transit
             self._index(transit)
             self._barrier()
@@ -355,7 +708,7 @@ class Network:
                 self._join_tail(batch, msg)
             return
         transit = Transit(msg, self.placement[msg.src], self.placement[msg.dst], route or (),
-                          done, next(self._seq), batch)
+                          done, self._take_seq(), batch)
         self._in_flight[transit.seq] = transit
         if self._by_endpoint is not None:
             self._index(transit)
@@ -517,8 +870,12 @@ class Network:
 
     def undelivered_rows(self) -> list[dict[str, Any]]:
         """Rows for the messages still in flight (a run cut by its time horizon)."""
-        return [self._row(t.msg, len(t.route), t.attempts, delivered=False)
+        rows = [(t.seq, self._row(t.msg, len(t.route), t.attempts, delivered=False))
                 for t in self._in_flight.values()]
+        if self._array is not None:
+            rows += self._array.rows(self._row)
+        rows.sort(key=lambda pair: pair[0])  # send order, as the object path keeps them
+        return [row for _, row in rows]
 
     # -- failures -------------------------------------------------------------------------------
 
@@ -541,6 +898,8 @@ class Network:
         """Take an endpoint offline (its messages are lost, see the module docstring) or
         bring it back (new messages go as usual)."""
         self.node_of(endpoint)
+        if not online and endpoint not in self._offline:
+            self._unstore()
         if online:
             self._offline.discard(endpoint)
             return
@@ -591,8 +950,11 @@ class Network:
                         went_down.append(link)
         if not changed:
             return
+        self._unstore()
         self.router.changed()
         self._endpoint_routes.clear()
+        self._pair_info.clear()
+        self._layouts.clear()
         for link in went_down:
             if self.model == "flow":
                 self.transport.abort(link)

@@ -7,6 +7,9 @@ node goes down or comes back, every cache is dropped and routes are found
 again on the links that are up; flows already under way keep their route
 (the network aborts those that crossed the failed link).
 
+``tree_routes`` gives the routes between a hub and many nodes at once, as link keys
+(the same links as ``route``), for batches of messages held as arrays.
+
 Written by hand because networkx's shortest paths are per pair in Python (far
 too slow for 10,000 learners) and scipy's Dijkstra does not break latency ties
 by hop count; the tie rule keeps routes deterministic on graphs with equal
@@ -49,6 +52,7 @@ class Router:
         """Links went down or came back: forget every route."""
         self._routes: dict[tuple[Hashable, Hashable], tuple[Link, ...] | None] = {}
         self._trees: dict[Hashable, np.ndarray] = {}
+        self._tree_links: dict[Hashable, tuple[np.ndarray, np.ndarray]] = {}
         self._latency = _latency_matrix(
             [link for link in self.links.values() if link.up], self.index)
 
@@ -114,6 +118,63 @@ class Router:
             nodes.append(self.nodes[i])
         nodes.reverse()
         return nodes
+
+    def tree_routes(self, hub: Hashable, targets: list[Hashable], outward: bool
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Routes between hub node ``hub`` and each of ``targets`` (from the hub when
+        ``outward``, else to it) as link keys in CSR form: (hop counts, keys in route
+        order), the very links ``route`` gives, found for all targets at once in the hub's
+        tree. None when a target is the hub or out of reach (``route`` handles those)."""
+        if hub not in self.hubs:
+            return None
+        parents = self._trees.get(hub)
+        if parents is None:
+            parents = self._trees[hub] = _shortest_path_tree(self._latency, self.index[hub])
+        index = self.index
+        try:
+            cur = np.array([index[node] for node in targets], dtype=np.int64)
+        except (KeyError, TypeError):
+            return None
+        stop = index[hub]
+        chain = [cur]
+        while True:
+            more = cur != stop
+            if not more.any():
+                break
+            cur = np.where(more, parents[cur], cur)
+            if (cur < 0).any():
+                return None
+            chain.append(cur)
+        nodes = np.stack(chain, axis=1)  # target, its parent, ..., the hub (then the hub)
+        hops = (nodes != stop).sum(axis=1)
+        if not hops.all():
+            return None
+        up, down = self._tree_link_keys(hub, parents)
+        depth = nodes.shape[1] - 1
+        k = np.arange(depth)
+        valid = k[None, :] < hops[:, None]
+        if outward:  # hop k of the route enters the node hops - 1 - k steps above the target
+            col = np.where(valid, hops[:, None] - 1 - k[None, :], 0)
+            keys = down[np.take_along_axis(nodes, col, axis=1)]
+        else:
+            keys = up[nodes[:, :depth]]
+        return hops, keys[valid]
+
+    def _tree_link_keys(self, hub: Hashable, parents: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        """Per node of the hub's tree, the key of its link to its parent and from it."""
+        cached = self._tree_links.get(hub)
+        if cached is not None:
+            return cached
+        up = np.full(len(self.nodes), -1, dtype=np.int64)
+        down = np.full(len(self.nodes), -1, dtype=np.int64)
+        nodes, links = self.nodes, self.links
+        for i in np.flatnonzero(parents >= 0).tolist():
+            u, p = nodes[i], nodes[int(parents[i])]
+            up[i] = links[u, p].key
+            down[i] = links[p, u].key
+        self._tree_links[hub] = (up, down)
+        return up, down
 
     def _local_path(self, source: Hashable, target: Hashable) -> list[Hashable]:
         """Lowest (latency, hops) path to a neighbour: Dijkstra that stops at ``target``.

@@ -11,7 +11,7 @@ parameter bytes (P x 4) plus the optimizer state. Last line: both wall times and
 ratio (target <= 1.10 at 100 learners, <= 1.15 at 1,000 and more), then the CPU ratio.
 
     python tools/bench/bench_core.py [--learners 100] [--repeats 3] [--device cpu]
-                                     [--threads 1] [--divergence-every 1]
+                                     [--threads 1] [--divergence-every k]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ MB = 2**20
 
 def scenario(m: int, device: str, rounds: int, divergence_every: int):
     evaluation = {"every": rounds * B_SYNC, "local": False}
-    if divergence_every != 1:  # the key only where asked: runs on a netfl without it too
+    if divergence_every:  # the key only where asked (unset: with the evaluations)
         evaluation["divergence_every"] = divergence_every
     return from_dict({
         "name": "bench-core", "seed": 0, "device": device,
@@ -138,8 +138,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (both sides)")
-    ap.add_argument("--divergence-every", type=int, default=1,
-                    help="netfl's eval.divergence_every (1: every metrics row)")
+    ap.add_argument("--divergence-every", type=int, default=0,
+                    help="netfl's eval.divergence_every (1: every metrics row; 0: unset, "
+                    "the scenario default: with the evaluations)")
     ap.add_argument("--child", choices=["bare", "netfl"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
@@ -155,7 +156,8 @@ def main() -> None:
     opt_bytes = 0
     print(f"learners={m} device={resolve_device(args.device)} threads={torch.get_num_threads()} "
           f"P={p} param_bytes/learner={4 * p} optimizer_state/learner={opt_bytes} "
-          f"divergence_every={args.divergence_every} repeats={args.repeats} (best of each)")
+          f"divergence_every={args.divergence_every or 'unset'} repeats={args.repeats} "
+          "(best of each)")
     print(f"{'side':6} {'wall_s':>8} {'cpu_s':>8} {'peak_rss_MB':>12} {'growth_MB':>10} "
           f"{'B/learner':>10} {'x(P*4+opt)':>11}")
     for side, b in best.items():

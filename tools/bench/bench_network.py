@@ -28,9 +28,11 @@ Cases (each run with both transports, a fresh SimPy environment each):
   fresh build each: ``nosync`` (the same training and no message: the reference), the star
   protocol's per-message path (one send and one callback per message) and its batched path
   (``Simulation.send_many``: one call per upload set and per broadcast, arrivals handled a
-  list at a time). Printed: wall and CPU seconds of ``sim.run()``, messages per wall and
-  per CPU second, the communication's own CPU (run minus nosync) per message, whether both
-  paths gave identical metrics, and the batched / per-message ratio.
+  list at a time; each batch moves as numpy arrays, netfl.sim.flow_batch, when nothing else
+  is in flight). Printed: wall and CPU seconds of ``sim.run()``, messages per wall and
+  per CPU second, the communication's own CPU (run minus nosync) per message, how many
+  batches took the array path, whether both paths gave identical metrics, and the batched
+  / per-message ratio. Target (issue #12): 200,000 messages per wall second batched.
 
 Printed per model: wall seconds to build the Network and to run, simulated time of the
 last delivery, SimPy events processed, messages per wall second, seconds of both spent in
@@ -47,7 +49,7 @@ store-and-forward).
         [--case burst|staggered|both] [--model flow|store_and_forward|both]
     python tools/bench/bench_network.py --scaling [--sizes 1000,10000,100000]
     python tools/bench/bench_network.py --case protocol [--learners 10000]
-        [--rounds-protocol 5]
+        [--rounds-protocol 5] [--torch-threads 1]
 """
 
 from __future__ import annotations
@@ -269,6 +271,8 @@ class ProtocolRun:
     cpu: float
     messages: int
     row: dict
+    arrays: int = 0  # batches that took the array path
+
 
     def line(self, reference: ProtocolRun | None) -> str:
         text = f"  {self.name:<12} run {self.wall:7.3f} s wall {self.cpu:7.3f} s cpu"
@@ -278,6 +282,8 @@ class ProtocolRun:
         if reference is not None and self.messages:
             own = (self.cpu - reference.cpu) / self.messages
             text += f"  communication {own * 1e6:5.1f} us cpu/msg"
+        if self.arrays:
+            text += f"  ({self.arrays} array batches)"
         return text
 
 
@@ -297,12 +303,17 @@ def protocol_run(n: int, rounds: int, protocol: str, batched: bool) -> ProtocolR
     finally:
         StarAveraging.batch_messages = saved
     name = protocol if protocol == "nosync" else ("batched" if batched else "per-message")
-    return ProtocolRun(name, wall, cpu, sim.network.messages, sim.last_row)
+    return ProtocolRun(name, wall, cpu, sim.network.messages, sim.last_row,
+                       getattr(sim.network, "array_batches", 0))
 
 
-def run_protocol(n: int, rounds: int) -> None:
+def run_protocol(n: int, rounds: int, threads: int) -> None:
+    import torch
+
+    if threads > 0:  # a 10-parameter model gains nothing from more; on a loaded 2-core
+        torch.set_num_threads(threads)  # machine a 2-thread pool slows training ~10x
     print(f"protocol: continuous averaging, {n:,} learners, linear model (10 parameters), "
-          f"{rounds} rounds on the two-tier tree")
+          f"{rounds} rounds on the two-tier tree; torch threads {torch.get_num_threads()}")
     reference = protocol_run(n, rounds, "nosync", False)
     print(reference.line(None) + "  (training alone: the reference)")
     single = protocol_run(n, rounds, "continuous", False)
@@ -391,6 +402,8 @@ def main() -> None:
     ap.add_argument("--case", choices=("burst", "staggered", "both", "protocol"),
                     default="both")
     ap.add_argument("--rounds-protocol", type=int, default=5, help="protocol case")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="protocol case: torch intra-op threads (0: torch's default)")
     ap.add_argument("--model", choices=(*MODELS, "both"), default="both")
     ap.add_argument("--scaling", action="store_true", help="the burst at --sizes learners")
     ap.add_argument("--sizes", default="1000,10000,100000", help="for --scaling")
@@ -401,7 +414,7 @@ def main() -> None:
         run_scaling([int(s) for s in args.sizes.split(",")], models, args.repeats)
         return
     if args.case == "protocol":
-        run_protocol(args.learners, args.rounds_protocol)
+        run_protocol(args.learners, args.rounds_protocol, args.torch_threads)
         return
     p = platform(args.learners)
     print(f"platform: hierarchy, {args.learners:,} leaves, {p.graph.number_of_nodes():,} nodes, "
