@@ -113,3 +113,17 @@ def test_row_range_update_is_the_full_update_of_those_rows():
         rows.update(p_rows, g, torch.tensor([0, 1]), rows=(0, 2))
     with pytest.raises(ValueError, match="rows"):
         rows.update(p_rows, g, rows=(4, 7))
+
+
+@pytest.mark.parametrize("step_bytes", [1, 10**9])  # chunks of two or three rows; one pass
+def test_the_steps_own_finite_check_is_that_of_the_rows_after_the_update(step_bytes):
+    bank = _bank("mlp", step_bytes, optimizer="sgd", lr=1e38)  # huge steps overflow
+    x, y = _batch(bank, M, seed=0)
+    first = bank.step(None, x, y)
+    assert first.finite is not None and first.finite.dtype == torch.bool
+    assert first.finite.tolist() == bank.finite().tolist()
+    bank.params[bank.trainable[0]].data[4].fill_(float("nan"))
+    second = bank.step(None, x, y)
+    assert second.finite.tolist() == bank.finite().tolist()
+    assert not second.finite[4]
+    assert bank.step([1, 4], x[:2], y[:2]).finite is None  # a subset: the engine asks finite()

@@ -462,3 +462,14 @@ def test_shared_partition_gives_every_learner_the_whole_set():
     stream = SampleStream(parts, 5, seed=1)
     first = stream.indices_all(0)
     assert not torch.equal(first[0], first[1])  # each learner its own order
+
+
+def test_a_partition_shared_by_learners_is_copied_once_and_streams_as_separate_copies():
+    shared = partition(np.arange(50) % 3, 30, "shared", seed=0)
+    assert all(p is shared[0] for p in shared)
+    one = SampleStream(shared, 4, seed=5)
+    assert all(p is one._parts[0] for p in one._parts)  # one read-only copy for all
+    assert not one._parts[0].flags.writeable and one._parts[0].dtype == np.int32
+    apart = SampleStream([p.copy() for p in shared], 4, seed=5)
+    assert torch.equal(one.indices_all(0), apart.indices_all(0))
+    assert torch.equal(one.indices_all(60), apart.indices_all(60))

@@ -163,19 +163,32 @@ class SampleStream:
 
 
 def _index_arrays(parts: list[Any]) -> list[np.ndarray]:
-    """Validated copies of the partitions, int32 where every index fits (halves the schedule)."""
+    """Validated copies of the partitions, int32 where every index fits (halves the schedule).
+
+    A partition object given for several learners (``shared``: one array for all) is
+    validated and copied once, and those learners share the read-only copy: streams only
+    read their partitions, and 10,000 copies of a 1,438-sample set would cost 57 MB."""
     if len(parts) == 0:
         raise DataError("parts: no learners")
-    arrays = []
+    distinct: dict[int, int] = {}  # id of a given object -> its position in `arrays`
+    arrays: list[np.ndarray] = []
+    which = np.empty(len(parts), dtype=np.int64)
     for i, part in enumerate(parts):
-        if hasattr(part, "detach"):  # a torch tensor
-            part = part.detach().cpu().numpy()
-        arr = np.asarray(part)
-        if arr.ndim != 1 or arr.size == 0:
-            raise DataError(f"parts[{i}]: learner {i} has an empty or non-1-D partition")
-        arrays.append(arr)
+        key = id(part)
+        if key not in distinct:
+            if hasattr(part, "detach"):  # a torch tensor
+                part = part.detach().cpu().numpy()
+            arr = np.asarray(part)
+            if arr.ndim != 1 or arr.size == 0:
+                raise DataError(f"parts[{i}]: learner {i} has an empty or non-1-D partition")
+            distinct[key] = len(arrays)
+            arrays.append(arr)
+        which[i] = distinct[key]
     flat = np.concatenate(arrays)
     if not np.issubdtype(flat.dtype, np.integer) or flat.min() < 0:
         raise DataError("parts: indices must be non-negative integers")
     dtype = np.int32 if flat.max() < 2**31 else np.int64
-    return np.split(flat.astype(dtype), np.cumsum([len(a) for a in arrays])[:-1])
+    copies = np.split(flat.astype(dtype), np.cumsum([len(a) for a in arrays])[:-1])
+    for copy in copies:
+        copy.flags.writeable = False
+    return [copies[j] for j in which.tolist()]

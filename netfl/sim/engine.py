@@ -348,8 +348,8 @@ class Simulation:
         self.apply_pending()
         rounds = self.rounds_done[learners]
         idx = self.index(learners)
-        loss, samples = self._train(learners, idx, rounds)
-        self._check_finite(learners, idx, rounds, loss)
+        loss, samples, finite = self._train(learners, idx, rounds)
+        self._check_finite(learners, idx, rounds, loss, finite)
         self.rounds_done[learners] += 1
         self.due[learners] = tick + self.durations[learners]
         self.log.add(rounds, loss, samples)
@@ -358,11 +358,12 @@ class Simulation:
         self._emit_rows()
 
     def _check_finite(self, learners: np.ndarray, idx: torch.Tensor, rounds: np.ndarray,
-                      loss: np.ndarray) -> None:
-        """Stop at the first non-finite loss or parameter, before the protocol sends it."""
+                      loss: np.ndarray, finite: torch.Tensor | None) -> None:
+        """Stop at the first non-finite loss or parameter, before the protocol sends it
+        (``finite``: the step's own check of the rows it updated, where it made one)."""
         bad = ~np.isfinite(loss)
         if not bad.any():
-            bad = ~self.bank.finite(idx)
+            bad = ~(self.bank.finite(idx) if finite is None else finite.cpu().numpy())
         if bad.any():
             rows = learners if len(bad) == len(learners) else learners[:1]
             raise DivergedError.at(int(rounds.min()) + 1, rows[bad[:len(rows)]])
@@ -377,7 +378,7 @@ class Simulation:
             x, y = x.to(self.bank.device), y.to(self.bank.device)
             result = self.bank.step(idx, x, y)
             loss = result.loss_sum.detach().cpu().numpy().astype(np.float64)
-            return loss, np.full(len(learners), y.shape[1], dtype=np.int64)
+            return loss, np.full(len(learners), y.shape[1], dtype=np.int64), result.finite
         # serial: one learner takes the batches of every source in turn
         x, y = self.source.batch(None, int(rounds[0]))
         self.drawn = (int(rounds[0]), x, y)
@@ -385,7 +386,8 @@ class Simulation:
         total = torch.zeros((), device=self.bank.device)
         for j in range(x.shape[0]):
             total += self.bank.step(idx, x[j : j + 1], y[j : j + 1]).loss_sum.sum()
-        return np.array([float(total)]), np.array([y.shape[0] * y.shape[1]], dtype=np.int64)
+        return (np.array([float(total)]), np.array([y.shape[0] * y.shape[1]], dtype=np.int64),
+                None)
 
     def apply_pending(self) -> None:
         """Assign every received model, one batched assign per distinct payload."""

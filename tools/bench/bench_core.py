@@ -17,6 +17,7 @@ ratio (target <= 1.10 at 100 learners, <= 1.15 at 1,000 and more), then the CPU 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -106,10 +107,12 @@ def child(side: str, m: int, device: str, divergence_every: int) -> dict[str, fl
     base_kb = _status_kb("VmRSS")
     if side == "bare":
         bare_loop(m, dev, WARMUP_ROUNDS)
+        gc.collect()
         wall, cpu = time.perf_counter(), time.process_time()
         bare_loop(m, dev, ROUNDS)
     else:
         netfl_run(m, device, WARMUP_ROUNDS, divergence_every)
+        gc.collect()  # the warm-up run's reference cycles: not the timed run's memory
         wall, cpu = time.perf_counter(), time.process_time()
         netfl_run(m, device, ROUNDS, divergence_every)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
