@@ -82,8 +82,10 @@ def test_chunks_are_balanced_cover_the_rows_and_follow_the_bound():
     row = bank.optimizer.width * 4 + x[0].nbytes  # gradient + input bytes of one row
     bank.step_bytes = 300 * row  # 1000 rows: 4 chunks of 250
     assert bank._step_chunks(1000, x) == [(0, 250), (250, 500), (500, 750), (750, 1000)]
-    bank.step_bytes = 1000 * row
+    bank.step_bytes = 500 * row  # up to twice the bound: one pass
     assert bank._step_chunks(1000, x) == [(0, 1000)]
+    bank.step_bytes = 499 * row
+    assert len(bank._step_chunks(1000, x)) == 3
     bank.step_bytes = 1
     assert bank._step_chunks(3, x[:3]) == [(0, 3)]  # never a one-row chunk
     assert bank._step_chunks(1, x[:1]) == [(0, 1)]
