@@ -106,14 +106,6 @@ class Channel:
         assert out is not None
         return out
 
-    def mean_up(self, payloads: list[bytes]) -> torch.Tensor:
-        """``decode_up(payloads).mean(dim=0)``, bit for bit: the coordinator's average of a
-        round's uploads, [P]. Full models that are the rows of one encoding (a round's
-        uploads, from ``encode_up``) are averaged in place: no [k, P] copy is made."""
-        if self.uplink is None:
-            return wire.mean_vectors(payloads, self.bank.device)
-        return self.decode_up(payloads).mean(dim=0)
-
     # ----------------------------------------------------------------- downlink
 
     def encode_down(self, model: torch.Tensor, *, new_base: bool = True) -> tuple[bytes, int]:

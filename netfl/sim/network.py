@@ -646,10 +646,11 @@ class Network:
                 msg.delivered_at = now
         on_message = self.on_message
         if on_message is None:
-            total, delay = self.total_delay, now - msgs.sent_at
-            for _ in order:
-                total += delay
-            self.total_delay = total
+            # one addition per message in order, as the object path sums (accumulate is
+            # sequential, not pairwise: the same float bits)
+            steps = np.full(len(order) + 1, now - msgs.sent_at)
+            steps[0] = self.total_delay
+            self.total_delay = float(np.add.accumulate(steps)[-1])
             self.delivered += len(order)
             self._array_live -= len(order)
         else:

@@ -114,7 +114,8 @@ def decode_vectors(payloads: list[bytes], device: torch.device | str = "cpu") ->
 
     Several consecutive rows of one ``encode_vectors`` buffer (a round's uploads, in order)
     are read in place: the tensor is a strided view of the payloads' memory (a reader
-    must not write to it); other payloads are copied once into a new tensor. A tensor of
+    must not write to it; its mean reduces the same columns in the same order as a
+    contiguous copy's, bit for bit); other payloads are joined and copied once. A tensor of
     one row, or of one column, is always a copy: a row then pins no shared buffer, and a
     column reduces (``mean``) as a contiguous one does."""
     (count,) = _VECTOR_HEAD.unpack_from(payloads[0])
@@ -122,20 +123,12 @@ def decode_vectors(payloads: list[bytes], device: torch.device | str = "cpu") ->
     if any(len(p) != stride for p in payloads):
         raise ValueError("payloads of different lengths cannot be decoded together")
     rows = _shared_rows(payloads, stride)
-    if rows is None:
-        rows = np.empty((len(payloads), count), dtype="<f4")
-        for i, p in enumerate(payloads):
-            rows[i] = np.frombuffer(p, dtype="<f4", count=count, offset=_VECTOR_HEAD.size)
+    if rows is None:  # one join, one copy: no Python loop over the payloads
+        raw = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), stride)
+        rows = raw[:, _VECTOR_HEAD.size :].copy().view("<f4")
     elif len(payloads) == 1 or count == 1:
         rows = rows.copy()
     return torch.from_numpy(rows).to(device)
-
-
-def mean_vectors(payloads: list[bytes], device: torch.device | str = "cpu") -> torch.Tensor:
-    """``decode_vectors(payloads).mean(dim=0)``, the same value bit for bit, with no [k, P]
-    copy for the rows of one ``encode_vectors`` buffer (the reduction reads them in place:
-    the same per-column sums as over a contiguous copy)."""
-    return decode_vectors(payloads, device).mean(dim=0)
 
 
 def decode_vector(payload: bytes, device: torch.device | str = "cpu") -> torch.Tensor:
