@@ -276,5 +276,22 @@ def _main(argv: list[str] | None) -> int:
         raise
 
 
+def entry() -> None:
+    """The ``netfl`` command: ``main``, then exit with its code. Once a signal stopped it,
+    later SIGINTs and SIGTERMs are only swallowed: the process is just exiting, and a
+    second Ctrl-C that Python handles after the run's guard is gone (during interpreter
+    shutdown: atexit, finalizers) would otherwise end it with a KeyboardInterrupt
+    traceback. Not ``main``'s own doing: a program that calls ``main`` keeps its
+    handlers."""
+    import signal
+    import threading
+
+    code = main()
+    if code > 128 and threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: None)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

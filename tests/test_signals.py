@@ -35,8 +35,9 @@ if sys.argv[2] == "hang":
         while True:
             time.sleep(0.01)
     netfl.build.build = building
-from netfl.cli import main
-sys.exit(main(sys.argv[3:]))
+from netfl.cli import entry
+sys.argv[1:] = sys.argv[3:]
+entry()
 """
 
 

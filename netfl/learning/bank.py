@@ -39,8 +39,10 @@ from __future__ import annotations
 import copy
 import math
 import operator
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,6 +53,9 @@ from torch.func import functional_call, grad, vmap
 from netfl.learning.custom import accepts_features
 from netfl.learning.models import init_parameters
 from netfl.learning.optim import Adam, Optimizer, column_views, make_optimizer
+
+if TYPE_CHECKING:
+    from netfl.sim.wire import RowSet
 
 __all__ = ["LearnerBank", "StepResult", "resolve_device"]
 
@@ -65,6 +70,29 @@ _HOLD_BYTES = 32 * 2**20  # largest gradient tensor held between steps (glibc's 
 # 16 MiB, and 0.56 of the bare loop's one pass).
 _STEP_BYTES = 32 * 2**20
 _STEP_BYTES_DEVICE = 2**30  # the same elsewhere (an accelerator wants large batches)
+
+
+class _Loans:
+    """Row sets lent out of the buffer (``LearnerBank.lend``), held weakly: the bank
+    detaches those still alive, all at once, before it next writes the buffer. Callable
+    (calling it detaches them), so a checkpoint leaves it to the fresh build, as it does
+    the bank's other build-made objects: loans are never saved state (payloads pickle as
+    bytes, and checkpoints are taken with nothing in flight)."""
+
+    def __init__(self) -> None:
+        self._sets: weakref.WeakSet = weakref.WeakSet()
+        self.detached = 0  # row sets that had to be copied out (still alive at a write)
+
+    def add(self, rows: object) -> None:
+        self._sets.add(rows)
+
+    def __call__(self) -> None:
+        if not self._sets:
+            return
+        for rows in list(self._sets):
+            rows.detach()  # type: ignore[attr-defined]
+            self.detached += 1
+        self._sets.clear()
 
 
 @dataclass
@@ -241,6 +269,7 @@ class LearnerBank:
         self._forward_shared = vmap(self._forward, in_dims=(0, None, None))
         self._has_features = accepts_features(self.model)
         self._forward_each = vmap(self._forward, in_dims=(0, 0, None))
+        self._loans = _Loans()  # rows of ``buffer`` read in place by payloads in flight
 
     # ------------------------------------------------------------------ internals
     def _plist(self) -> list[Tensor]:
@@ -390,6 +419,7 @@ class LearnerBank:
             want = "[k, B, T] regression targets" if self.regression else "[k, B] labels"
             raise ValueError(f"y: expected {want}, got shape {tuple(y.shape)}")
         x, y = self._inputs(x), self._targets(y)
+        self._loans()  # payloads still reading rows in place keep what was sent
         self._scratch = None  # the last step's gradients: their memory is the new ones'
         chunks = self._step_chunks(k, x)
         if len(chunks) == 1:
@@ -671,6 +701,7 @@ class LearnerBank:
         A model from ``unflatten`` is written as its flat rows: one write into the buffer."""
         index, k = self._index(idx)
         vec, stacked = self._flat_model(params, k)
+        self._loans()
         self._copy_rows(self.buffer, index, k, vec, "params")
         if index is None and not stacked:
             self._uniform_at = self._stamp()  # one model broadcast to every row
@@ -701,10 +732,25 @@ class LearnerBank:
     def rows(self, idx: IndexLike = None) -> Tensor:
         """``flat(idx)`` without the copy where none is needed: the buffer itself ``[m, P]``
         (live: later steps and assigns show through) for all learners in order, else the
-        gathered rows. For a reader that is done with them before the bank changes (an
-        encoder of the models being sent); it must not write to them."""
+        gathered rows. For a reader that is done with them before the bank changes, or
+        that holds them through ``lend`` (the encoder of the models being sent); it must
+        not write to them."""
         index, _ = self._index(idx)
         return self.buffer if index is None else self.buffer.index_select(0, index)
+
+    def lend(self, rows: RowSet) -> None:
+        """Let the payloads of ``rows`` (``wire.encode_vectors`` of ``rows()``) read the
+        buffer in place while they are in flight: the bank copies them out (``detach``)
+        only if they are still alive when it next writes the buffer (a step, an assign).
+        A round's uploads, averaged and dropped before their senders' next write, so cost
+        no copy of the models at all. Rows outside the buffer (a gather) are the set's own."""
+        if rows.lend_from(self.buffer):
+            self._loans.add(rows)
+
+    @property
+    def loans_detached(self) -> int:
+        """How many lent row sets were still alive at a write, and were copied out."""
+        return self._loans.detached
 
     @torch.no_grad()
     def finite(self, idx: IndexLike = None) -> np.ndarray:

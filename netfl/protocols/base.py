@@ -203,11 +203,12 @@ class StarAveraging(Protocol):
 
     def _uploads(self, senders: np.ndarray, rnd: int) -> list[bytes]:
         """The payloads ``senders`` upload at round ``rnd``: their models, through the channel.
-        The encoder reads the bank's rows in place where it can (no [m, P] copy when everyone
-        uploads): it only reads them, and is done before the bank next changes."""
+        When everyone uploads, the payloads read the bank's rows in place, lent (no [m, P]
+        copy unless they are still alive when the bank next writes: ``LearnerBank.lend``)."""
         bank = self.sim.bank
         read = getattr(bank, "rows", bank.flat)
-        return self.channel.encode_up(senders, read(self.sim.index(senders)))
+        return self.channel.encode_up(senders, read(self.sim.index(senders)),
+                                      getattr(bank, "lend", None))
 
     def _on_model(self, event: simpy.Event) -> None:
         msg = event.value
@@ -343,7 +344,7 @@ class StarAveraging(Protocol):
 
     def _average(self, payloads: list[bytes]) -> tuple[bytes, int]:
         """The new global model from a round's uploads, as a payload and its base version."""
-        mean = self.channel.decode_up(payloads).mean(dim=0)
+        mean = self.channel.decode_up(payloads, in_place=True).mean(dim=0)
         if self.server_optimizer is None:  # plain averaging, bit for bit as ever
             return self._send_global(mean)
         return self._send_global(self._server_step(mean - self.global_model))

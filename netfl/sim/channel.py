@@ -14,6 +14,7 @@ its bytes and the codec's parameters alone; its length is what is charged.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -72,14 +73,16 @@ class Channel:
 
     # ------------------------------------------------------------------- uplink
 
-    def encode_up(self, learners: np.ndarray, models: torch.Tensor) -> list[bytes]:
-        """Payloads for the rows of models [k, P], one per learner."""
+    def encode_up(self, learners: np.ndarray, models: torch.Tensor,
+                  lend: Callable[[wire.RowSet], None] | None = None) -> list[bytes]:
+        """Payloads for the rows of models [k, P], one per learner. Full models read
+        ``models`` in place where ``lend`` (the bank's) guards them (``wire.encode_vectors``)."""
         if self.observers is not None and self.observers.listening("on_upload"):
             for learner, model in zip(learners, models):
                 base = self.bases[int(self.learner_version[learner])]
                 self.observers.upload(int(learner), model - base)
         if self.uplink is None:
-            return wire.encode_vectors(models)
+            return wire.encode_vectors(models, lend)
         payloads = []
         for learner, model in zip(learners, models):
             version = int(self.learner_version[learner])
@@ -88,10 +91,11 @@ class Channel:
             payloads.append(frame(version, blobs))
         return payloads
 
-    def decode_up(self, payloads: list[bytes]) -> torch.Tensor:
-        """The models the coordinator reconstructs, [k, P]."""
+    def decode_up(self, payloads: list[bytes], in_place: bool = False) -> torch.Tensor:
+        """The models the coordinator reconstructs, [k, P]; ``in_place``: for a reader done
+        with them at once (a mean), which may then read lent rows in place."""
         if self.uplink is None:
-            return wire.decode_vectors(payloads, self.bank.device)
+            return wire.decode_vectors(payloads, self.bank.device, in_place)
         if not payloads:
             return torch.stack([])  # refuses, as ever
         out: torch.Tensor | None = None
