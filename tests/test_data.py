@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from netfl.data import streams
 from netfl.data.datasets import DataError, Dataset, load_dataset, read_idx, stratified_split
 from netfl.data.partition import partition
 from netfl.data.streams import SampleStream
@@ -409,6 +410,33 @@ def test_stream_order_independent() -> None:
     late_first = SampleStream(parts, 5, seed=3)  # the schedule grows in one jump
     assert torch.equal(late_first.indices(torch.tensor([6, 0]), 149), expected[149, [6, 0]])
     assert torch.equal(late_first.indices_all(0), expected[0])
+
+
+def test_stream_in_many_chunks_is_the_stream_in_one(monkeypatch) -> None:
+    """A schedule grown chunk by chunk (never copied into a larger tensor) gives the same
+    samples as one drawn in one block, for queries within a chunk and across chunks."""
+    parts = _parts()
+    reference = SampleStream(parts, 5, seed=3)  # 7 x 5 entries a round: one 1,024-round chunk
+    expected = torch.stack([reference.indices_all(t) for t in range(150)])
+    assert len(reference._chunks) == 1
+    monkeypatch.setattr(streams, "_TARGET_INITIAL_ENTRIES", 1)  # first chunk: 16 rounds
+    monkeypatch.setattr(streams, "_CHUNK_ENTRIES", 7 * 5 * 10)  # later ones: 10 rounds
+    chunked = SampleStream(parts, 5, seed=3)
+    for t in range(150):
+        assert torch.equal(chunked.indices_all(t), expected[t])
+    assert [len(c) for c in chunked._chunks] == [16] + [10] * 14
+    assert chunked.rounds_cached == 156
+    rng = np.random.default_rng(1)
+    mixed = SampleStream(parts, 5, seed=3)
+    mixed.indices_all(40)  # a first chunk of all 41 rounds asked, then 20 more
+    mixed.indices_all(60)
+    assert [len(c) for c in mixed._chunks] == [41, 20]
+    learners = torch.from_numpy(rng.integers(0, 7, 400))
+    rounds = torch.from_numpy(rng.integers(0, 150, 400))  # across every chunk
+    got = mixed.indices(learners, rounds)  # grows by the 89 missing rounds, then gathers
+    assert [len(c) for c in mixed._chunks] == [41, 20, 89]
+    assert torch.equal(got, expected[rounds, learners]) and got.dtype == torch.int64
+    assert torch.equal(mixed.indices(learners[:3], 17), expected[17, learners[:3]])
 
 
 def test_stream_learner_independent_of_others() -> None:

@@ -9,12 +9,17 @@ the argsort of the e-th block of ``len(parts[i])`` uniforms of that generator, s
 epochs in chunks of any size yields the same sequence. Hence a (learner, round) maps to the
 same samples whatever the order, grouping or device of the calls.
 
-The hot path is one gather from a schedule tensor ``[R, m, B]`` kept on the device and
-extended (rarely, by doubling) when a later round is asked for.
+The hot path is one gather from a schedule kept on the device: consecutive chunks of
+rounds ``[r, m, B]``, a new chunk appended (rarely) when a later round is asked for. The
+chunks grow with the schedule up to ``_CHUNK_ENTRIES`` indices each, and are never copied
+into a larger tensor: a growth holds the new chunk only, not the old schedule twice (at
+10,000 learners and B=10 a doubling to 256 rounds took ~200 MB at once: old, new and the
+fresh draws).
 """
 
 from __future__ import annotations
 
+import bisect
 import operator
 from typing import Any
 
@@ -26,6 +31,7 @@ from netfl.data.datasets import DataError
 _TARGET_INITIAL_ENTRIES = 1 << 20  # first schedule chunk: ~4 MiB of int32
 _MIN_INITIAL_ROUNDS = 16
 _MAX_INITIAL_ROUNDS = 1024
+_CHUNK_ENTRIES = 1 << 22  # largest later schedule chunk: 16 MiB of int32
 
 
 class SampleStream:
@@ -34,7 +40,7 @@ class SampleStream:
 
     ``parts[i]`` holds learner i's global training-set indices (as from ``partition``);
     ``batch_size`` is B. The schedule holds ``m * B`` indices (int32 where they fit) per
-    round up to the furthest round asked, at most doubled by the growth policy.
+    round up to the furthest round asked, plus at most one chunk ahead.
     """
 
     def __init__(
@@ -61,11 +67,12 @@ class SampleStream:
         self._rngs = [np.random.default_rng(child) for child in children]
         # Drawn but not yet scheduled stream entries of each learner (a partial epoch).
         self._tails: list[np.ndarray] = [np.empty(0, dtype=self._np_dtype)] * self.m
-        # schedule[t, i] = the B indices learner i observes in round t; round-major so that
-        # the lockstep path reads one contiguous block.
-        self._schedule = torch.empty(
-            (0, self.m, self.batch_size), dtype=self._dtype, device=self.device
-        )
+        # chunk[t - start, i] = the B indices learner i observes in round t, for the chunk's
+        # rounds [start, start + len(chunk)); round-major so that the lockstep path reads
+        # one contiguous block.
+        self._chunks: list[torch.Tensor] = []
+        self._starts: list[int] = []  # first round of each chunk
+        self._rounds = 0  # rounds scheduled (the chunks' total)
         self._initial_rounds = int(np.clip(
             _TARGET_INITIAL_ENTRIES // (self.m * self.batch_size),
             _MIN_INITIAL_ROUNDS, _MAX_INITIAL_ROUNDS,
@@ -79,7 +86,7 @@ class SampleStream:
     @property
     def rounds_cached(self) -> int:
         """Rounds currently held in the schedule (grows on demand)."""
-        return int(self._schedule.shape[0])
+        return self._rounds
 
     def indices(self, learners: torch.Tensor | Any, rounds: torch.Tensor | Any) -> torch.Tensor:
         """int64 ``[k, B]``: row j holds the global training-set indices that learner
@@ -108,32 +115,53 @@ class SampleStream:
         if lo_r < 0:
             raise DataError(f"rounds: must be >= 0, got {lo_r}")
         self._ensure(hi_r + 1)
-        rows = self._schedule.view(-1, self.batch_size)
-        return rows.index_select(0, rounds * self.m + learners).to(torch.int64)
+        first, last = self._chunk_of(lo_r), self._chunk_of(hi_r)
+        if first == last:  # the usual case: one gather
+            return self._gather(first, learners, rounds)
+        out = torch.empty((learners.numel(), self.batch_size), dtype=torch.int64,
+                          device=self.device)
+        for j in range(first, last + 1):  # a few chunks, never a loop over learners
+            start = self._starts[j]
+            mask = (rounds >= start) & (rounds < start + self._chunks[j].shape[0])
+            out[mask] = self._gather(j, learners[mask], rounds[mask])
+        return out
+
+    def _chunk_of(self, round: int) -> int:
+        return bisect.bisect_right(self._starts, round) - 1
+
+    def _gather(self, j: int, learners: torch.Tensor, rounds: torch.Tensor) -> torch.Tensor:
+        rows = self._chunks[j].view(-1, self.batch_size)
+        at = (rounds - self._starts[j]) * self.m + learners
+        return rows.index_select(0, at).to(torch.int64)
 
     def indices_all(self, round: int) -> torch.Tensor:
         """int64 ``[m, B]``: what every learner observes in ``round``; the lockstep fast path."""
         round = operator.index(round)
         if round < 0:
             raise DataError(f"round: must be >= 0, got {round}")
-        if round >= self._schedule.shape[0]:
+        if round >= self._rounds:
             self._ensure(round + 1)
-        return self._schedule[round].to(torch.int64, copy=True)
+        j = self._chunk_of(round)
+        return self._chunks[j][round - self._starts[j]].to(torch.int64, copy=True)
 
     def _ensure(self, rounds: int) -> None:
-        """Grow the schedule to hold at least ``rounds`` rounds (doubling, so growth is rare)."""
-        have = int(self._schedule.shape[0])
+        """Schedule at least ``rounds`` rounds: one new chunk of at least what is missing, as
+        long as the schedule so far (so growth is rare) up to ``_CHUNK_ENTRIES`` indices."""
+        have = self._rounds
         if rounds <= have:
             return
-        target = max(rounds, 2 * have, self._initial_rounds)
         b = self.batch_size
-        fresh = np.empty((self.m, (target - have) * b), dtype=self._np_dtype)
+        cap = max(1, _CHUNK_ENTRIES // (self.m * b))
+        count = max(rounds - have, self._initial_rounds if not have else min(have, cap))
+        fresh = np.empty((self.m, count * b), dtype=self._np_dtype)
         self._fill(fresh)
-        fresh_t = torch.from_numpy(fresh).to(self.device).view(self.m, target - have, b)
-        grown = torch.empty((target, self.m, b), dtype=self._dtype, device=self.device)
-        grown[:have] = self._schedule
-        grown[have:] = fresh_t.permute(1, 0, 2)
-        self._schedule = grown
+        fresh_t = torch.from_numpy(fresh).view(self.m, count, b)
+        chunk = torch.empty((count, self.m, b), dtype=self._dtype, device=self.device)
+        chunk.copy_(fresh_t.permute(1, 0, 2))
+        del fresh, fresh_t
+        self._chunks.append(chunk)
+        self._starts.append(have)
+        self._rounds = have + count
 
     def _fill(self, out: np.ndarray) -> None:
         """Write the next ``out.shape[1]`` stream entries of every learner into ``out``."""
