@@ -420,12 +420,12 @@ def test_stream_in_many_chunks_is_the_stream_in_one(monkeypatch) -> None:
     expected = torch.stack([reference.indices_all(t) for t in range(150)])
     assert len(reference._chunks) == 1
     monkeypatch.setattr(streams, "_TARGET_INITIAL_ENTRIES", 1)  # first chunk: 16 rounds
-    monkeypatch.setattr(streams, "_CHUNK_ENTRIES", 7 * 5 * 10)  # later ones: 10 rounds
+    monkeypatch.setattr(streams, "_CHUNK_ENTRIES", 7 * 5 * 10)  # 10 rounds: later ones 16
     chunked = SampleStream(parts, 5, seed=3)
     for t in range(150):
         assert torch.equal(chunked.indices_all(t), expected[t])
-    assert [len(c) for c in chunked._chunks] == [16] + [10] * 14
-    assert chunked.rounds_cached == 156
+    assert [len(c) for c in chunked._chunks] == [16] * 10
+    assert chunked.rounds_cached == 160
     rng = np.random.default_rng(1)
     mixed = SampleStream(parts, 5, seed=3)
     mixed.indices_all(40)  # a first chunk of all 41 rounds asked, then 20 more

@@ -31,7 +31,7 @@ from netfl.data.datasets import DataError
 _TARGET_INITIAL_ENTRIES = 1 << 20  # first schedule chunk: ~4 MiB of int32
 _MIN_INITIAL_ROUNDS = 16
 _MAX_INITIAL_ROUNDS = 1024
-_CHUNK_ENTRIES = 1 << 22  # largest later schedule chunk: 16 MiB of int32
+_CHUNK_ENTRIES = 1 << 22  # largest later schedule chunk: 16 MiB of int32 (or 16 rounds)
 
 
 class SampleStream:
@@ -146,12 +146,14 @@ class SampleStream:
 
     def _ensure(self, rounds: int) -> None:
         """Schedule at least ``rounds`` rounds: one new chunk of at least what is missing, as
-        long as the schedule so far (so growth is rare) up to ``_CHUNK_ENTRIES`` indices."""
+        long as the schedule so far (so growth is rare) up to ``_CHUNK_ENTRIES`` indices
+        or 16 rounds, whichever is more."""
         have = self._rounds
         if rounds <= have:
             return
         b = self.batch_size
-        cap = max(1, _CHUNK_ENTRIES // (self.m * b))
+        # at least 16 rounds a chunk: each growth draws every learner's stream (a loop)
+        cap = max(_MIN_INITIAL_ROUNDS, _CHUNK_ENTRIES // (self.m * b))
         count = max(rounds - have, self._initial_rounds if not have else min(have, cap))
         fresh = np.empty((self.m, count * b), dtype=self._np_dtype)
         self._fill(fresh)
