@@ -160,7 +160,6 @@ class SampleStream:
         fresh_t = torch.from_numpy(fresh).view(self.m, count, b)
         chunk = torch.empty((count, self.m, b), dtype=self._dtype, device=self.device)
         chunk.copy_(fresh_t.permute(1, 0, 2))
-        del fresh, fresh_t
         self._chunks.append(chunk)
         self._starts.append(have)
         self._rounds = have + count

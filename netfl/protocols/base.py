@@ -62,6 +62,14 @@ class Protocol:
     def after_step(self, learners: np.ndarray, rounds: np.ndarray) -> None:
         """Called after `learners` completed their round `rounds` (1-based) in one batch."""
 
+    def _models_to_send(self, senders: np.ndarray) -> tuple[torch.Tensor, Any]:
+        """The models ``senders`` send, for an encoder, and the bank's lender: the bank's
+        own rows when everyone sends (read in place, lent: no [m, P] copy unless they are
+        still alive when the bank next writes, ``LearnerBank.lend``), else a gather."""
+        bank = self.sim.bank
+        read = getattr(bank, "rows", bank.flat)
+        return read(self.sim.index(senders)), getattr(bank, "lend", None)
+
     def on_lost(self, msg: Any) -> None:
         """The network gave ``msg`` up (no route within ``network.give_up``). Default rule: a
         learner that waited for it carries on with its own model."""
@@ -202,13 +210,9 @@ class StarAveraging(Protocol):
         self.sim.counters["dropped"] += len(chosen) - len(online)
 
     def _uploads(self, senders: np.ndarray, rnd: int) -> list[bytes]:
-        """The payloads ``senders`` upload at round ``rnd``: their models, through the channel.
-        When everyone uploads, the payloads read the bank's rows in place, lent (no [m, P]
-        copy unless they are still alive when the bank next writes: ``LearnerBank.lend``)."""
-        bank = self.sim.bank
-        read = getattr(bank, "rows", bank.flat)
-        return self.channel.encode_up(senders, read(self.sim.index(senders)),
-                                      getattr(bank, "lend", None))
+        """The payloads ``senders`` upload at round ``rnd``: their models, through the channel
+        (read in place when everyone uploads: ``_models_to_send``)."""
+        return self.channel.encode_up(senders, *self._models_to_send(senders))
 
     def _on_model(self, event: simpy.Event) -> None:
         msg = event.value

@@ -150,7 +150,7 @@ class Hierarchical(Protocol):
             senders = learners[rounds == rnd]
             if self.wait:
                 sim.block(senders)
-            payloads = wire.encode_vectors(sim.bank.flat(sim.index(senders)))
+            payloads = wire.encode_vectors(*self._models_to_send(senders))
             for learner, payload in zip(senders, payloads):
                 agg = int(self.group_of[learner])
                 self._edge_open((agg, rnd))
@@ -219,7 +219,7 @@ class Hierarchical(Protocol):
                 self._cloud_open(rnd)
                 self._cloud_drop(rnd, agg)
             return
-        mean = wire.decode_vectors(box, self.sim.bank.device).mean(dim=0)
+        mean = wire.decode_vectors(box, self.sim.bank.device, in_place=True).mean(dim=0)
         if not self.cloud_at(rnd):
             self.sim.counters["edge_syncs"] += 1
             self._send_down(agg, rnd, wire.encode_vector(mean))

@@ -181,9 +181,9 @@ def decode_vectors(payloads: list[bytes], device: torch.device | str = "cpu",
     else:
         (count,) = _VECTOR_HEAD.unpack_from(first)
     stride = _VECTOR_HEAD.size + 4 * count
-    if any(len(p) != stride for p in payloads):
+    shared = _shared_rows(payloads)  # rows of one set: equal lengths by construction
+    if shared is None and any(len(p) != stride for p in payloads):
         raise ValueError("payloads of different lengths cannot be decoded together")
-    shared = _shared_rows(payloads)
     if shared is None:  # one join, one copy: no Python loop over the payloads' values
         joined = b"".join(map(as_bytes, payloads))
         raw = np.frombuffer(joined, dtype=np.uint8).reshape(len(payloads), stride)
